@@ -1,0 +1,193 @@
+//! Reads of the shared cluster state in etcd (leader, head, stopped, members, control keys) in one round trip, and the operator control writes; makes no leadership decisions.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use crate::election::{timed, Election, ElectionError, LeaderInfo};
+use crate::state::{unix_ms, HeadRecord, MemberRecord, StoppedRecord, TransferRecord};
+
+/// A consistent snapshot of one chain's shared state (all read at one etcd revision).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub revision: i64,
+    pub leader: Option<LeaderInfo>,
+    pub head: Option<HeadRecord>,
+    pub stopped: Option<StoppedRecord>,
+    pub members: BTreeMap<String, MemberRecord>,
+    pub election_stopped: bool,
+    pub transfer: Option<TransferRecord>,
+}
+
+impl View {
+    /// A transfer that has not expired.
+    pub fn pending_transfer(&self) -> Option<&TransferRecord> {
+        self.transfer.as_ref().filter(|t| t.expires_ms > unix_ms())
+    }
+
+    /// The highest block any leader recorded (committed head or stopped head).
+    pub fn recorded_head(&self) -> Option<crate::sequencer::BlockId> {
+        let head = self.head.as_ref().map(HeadRecord::block);
+        let stopped = self.stopped.as_ref().map(|s| crate::sequencer::BlockId {
+            number: s.number,
+            hash: s.hash.clone(),
+        });
+        match (head, stopped) {
+            (Some(h), Some(s)) => Some(if s.number > h.number { s } else { h }),
+            (h, s) => h.or(s),
+        }
+    }
+
+    /// True when no leader ever recorded anything: the first start of a chain.
+    pub fn store_empty(&self) -> bool {
+        self.head.is_none() && self.stopped.is_none()
+    }
+
+    pub fn leader_member(&self) -> Option<&MemberRecord> {
+        self.leader.as_ref().and_then(|l| self.members.get(&l.id))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "ignoring undecodable record");
+            None
+        }
+    }
+}
+
+/// Reads the whole view in one Txn of range reads.
+pub async fn read_view(e: &Election) -> Result<View, ElectionError> {
+    let k = e.keys();
+    let prefix = || Some(GetOptions::new().with_prefix());
+    let txn = Txn::new().and_then(vec![
+        TxnOp::get(k.leader_dir(), prefix()),
+        TxnOp::get(k.head(), None),
+        TxnOp::get(k.stopped(), None),
+        TxnOp::get(k.members_dir(), prefix()),
+        TxnOp::get(k.control_dir(), prefix()),
+    ]);
+    let resp = timed(limit(e), e.client().kv_client().txn(txn)).await?;
+    let mut view = View {
+        revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
+        ..View::default()
+    };
+    let gets: Vec<_> = resp
+        .op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    if gets.len() != 5 {
+        return Err(ElectionError::Etcd(format!(
+            "view read returned {} ranges, expected 5",
+            gets.len()
+        )));
+    }
+    view.leader = gets[0]
+        .kvs()
+        .iter()
+        .min_by_key(|kv| kv.create_revision())
+        .map(|kv| LeaderInfo {
+            id: String::from_utf8_lossy(kv.value()).into_owned(),
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            epoch: kv.create_revision(),
+            lease: kv.lease(),
+        });
+    view.head = gets[1]
+        .kvs()
+        .first()
+        .and_then(|kv| decode(kv.key(), kv.value()));
+    view.stopped = gets[2]
+        .kvs()
+        .first()
+        .and_then(|kv| decode(kv.key(), kv.value()));
+    for kv in gets[3].kvs() {
+        if let Some(m) = decode::<MemberRecord>(kv.key(), kv.value()) {
+            view.members.insert(m.id.clone(), m);
+        }
+    }
+    for kv in gets[4].kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        if key == k.election_stopped() {
+            view.election_stopped = true;
+        } else if key == k.transfer() {
+            view.transfer = decode(kv.key(), kv.value());
+        }
+    }
+    Ok(view)
+}
+
+fn limit(e: &Election) -> std::time::Duration {
+    e.limit()
+}
+
+/// Puts this sidecar's member record, bound to its lease.
+pub async fn put_member(e: &Election, lease: i64, m: &MemberRecord) -> Result<(), ElectionError> {
+    let value = serde_json::to_vec(m).map_err(|err| ElectionError::Etcd(err.to_string()))?;
+    timed(
+        limit(e),
+        e.client().kv_client().put(
+            e.keys().member(&m.id),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await
+    .map(|_| ())
+}
+
+pub async fn set_election_stopped(e: &Election, stopped: bool) -> Result<(), ElectionError> {
+    let key = e.keys().election_stopped();
+    let mut kv = e.client().kv_client();
+    if stopped {
+        timed(
+            limit(e),
+            kv.put(key, format!("stopped at {}", unix_ms()), None),
+        )
+        .await
+        .map(|_| ())
+    } else {
+        timed(limit(e), kv.delete(key, None)).await.map(|_| ())
+    }
+}
+
+/// Records a transfer request, only if `leader` still holds the key with its epoch (or, with no
+/// leader, only if there still is none), so a request based on a stale view changes nothing.
+pub async fn put_transfer(
+    e: &Election,
+    leader: Option<&LeaderInfo>,
+    t: &TransferRecord,
+) -> Result<bool, ElectionError> {
+    let value = serde_json::to_vec(t).map_err(|err| ElectionError::Etcd(err.to_string()))?;
+    let cmp = match leader {
+        Some(l) => Compare::create_revision(l.key.clone(), CompareOp::Equal, l.epoch),
+        None => Compare::create_revision(e.keys().leader_dir(), CompareOp::Equal, 0).with_prefix(),
+    };
+    let txn =
+        Txn::new()
+            .when(vec![cmp])
+            .and_then(vec![TxnOp::put(e.keys().transfer(), value, None)]);
+    Ok(timed(limit(e), e.client().kv_client().txn(txn))
+        .await?
+        .succeeded())
+}
+
+/// Deletes the transfer record if it is still exactly `t`.
+pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), ElectionError> {
+    let value = serde_json::to_vec(t).map_err(|err| ElectionError::Etcd(err.to_string()))?;
+    let txn = Txn::new()
+        .when(vec![Compare::value(
+            e.keys().transfer(),
+            CompareOp::Equal,
+            value,
+        )])
+        .and_then(vec![TxnOp::delete(e.keys().transfer(), None)]);
+    timed(limit(e), e.client().kv_client().txn(txn))
+        .await
+        .map(|_| ())
+}

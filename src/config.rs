@@ -1,0 +1,794 @@
+//! Command line, environment and TOML file settings resolved into one validated `Config`; knows nothing of what the settings drive.
+//!
+//! Every setting has one name used three ways: the flag `--server.id`, the env var
+//! `OP_SIDECAR_SERVER_ID` and the TOML key `server.id` (`[server] id = ...`). Precedence is
+//! flag > env > file > default. clap merges flag and env; the file and defaults are layered
+//! here, and every value goes through the same parser whatever its origin, so an error names
+//! the setting and the source it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// Exit code for bad configuration (BSD `EX_USAGE`), as linkerd2-proxy does.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// etcd cannot hold a lease shorter than ceil(1.5 x election timeout) = 2 s with its defaults;
+/// shorter TTLs are silently raised, which would make our local validity deadline a lie.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "op-sidecar",
+    version,
+    about = "High-availability sidecar for OP Stack sequencers, backed by etcd"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run(Args),
+    /// Print the effective configuration (after flags, env, file and defaults) as JSON and exit.
+    Config(Args),
+}
+
+/// Raw settings as given on the command line or in the environment. Values stay strings here so
+/// that file values and flag values share one parser and one error message.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Args {
+    /// TOML config file; keys are the flag names (`server.id = "a"` or `[server]` / `id = "a"`).
+    #[arg(long = "config", env = "OP_SIDECAR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unique name of this sequencer in the cluster.
+    #[arg(long = "server.id", env = "OP_SIDECAR_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// Local op-node RPC URL (admin_*, optimism_*, opp2p_*).
+    #[arg(long = "node.rpc", env = "OP_SIDECAR_NODE_RPC")]
+    pub node_rpc: Option<String>,
+    /// op-node URL other sidecars use to stop this node when they take over [default: node.rpc].
+    #[arg(long = "node.advertise", env = "OP_SIDECAR_NODE_ADVERTISE")]
+    pub node_advertise: Option<String>,
+    /// Local op-geth RPC URL.
+    #[arg(long = "execution.rpc", env = "OP_SIDECAR_EXECUTION_RPC")]
+    pub execution_rpc: Option<String>,
+    /// Comma-separated etcd client URLs [default: http://127.0.0.1:2379].
+    #[arg(long = "etcd.endpoints", env = "OP_SIDECAR_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// Key prefix holding one chain's state [default: /op-sidecar/default].
+    #[arg(long = "etcd.prefix", env = "OP_SIDECAR_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// Timeout of one etcd request [default: 2s].
+    #[arg(long = "etcd.timeout", env = "OP_SIDECAR_ETCD_TIMEOUT")]
+    pub etcd_timeout: Option<String>,
+    /// JSON-RPC listen address [default: 127.0.0.1].
+    #[arg(long = "rpc.addr", env = "OP_SIDECAR_RPC_ADDR")]
+    pub rpc_addr: Option<String>,
+    /// JSON-RPC listen port [default: 8547].
+    #[arg(long = "rpc.port", env = "OP_SIDECAR_RPC_PORT")]
+    pub rpc_port: Option<String>,
+    /// URL other sidecars use to reach this one [default: http://<rpc.addr>:<rpc.port>].
+    #[arg(long = "rpc.advertise", env = "OP_SIDECAR_RPC_ADVERTISE")]
+    pub rpc_advertise: Option<String>,
+    /// Largest accepted JSON-RPC request body in bytes [default: 10485760].
+    #[arg(long = "rpc.max-body", env = "OP_SIDECAR_RPC_MAX_BODY")]
+    pub rpc_max_body: Option<String>,
+    /// Time limit for answering one JSON-RPC request [default: 10s].
+    #[arg(long = "rpc.timeout", env = "OP_SIDECAR_RPC_TIMEOUT")]
+    pub rpc_timeout: Option<String>,
+    /// Admin listener (/healthz, /readyz, /metrics) address [default: 127.0.0.1].
+    #[arg(long = "admin.addr", env = "OP_SIDECAR_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Admin listener port; 0 picks a free one [default: 7300].
+    #[arg(long = "admin.port", env = "OP_SIDECAR_ADMIN_PORT")]
+    pub admin_port: Option<String>,
+    /// etcd lease TTL, whole seconds, at least 2s [default: 3s].
+    #[arg(long = "lease.ttl", env = "OP_SIDECAR_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+    /// How often the local node is polled [default: 1s].
+    #[arg(long = "healthcheck.interval", env = "OP_SIDECAR_HEALTHCHECK_INTERVAL")]
+    pub health_interval: Option<String>,
+    /// Largest allowed wall clock - unsafe_l2.timestamp [default: 5s].
+    #[arg(
+        long = "healthcheck.unsafe-interval",
+        env = "OP_SIDECAR_HEALTHCHECK_UNSAFE_INTERVAL"
+    )]
+    pub health_unsafe_interval: Option<String>,
+    /// Minimum connected p2p peers; 0 disables the check [default: 0].
+    #[arg(
+        long = "healthcheck.min-peer-count",
+        env = "OP_SIDECAR_HEALTHCHECK_MIN_PEER_COUNT"
+    )]
+    pub health_min_peer_count: Option<String>,
+    /// Consecutive failed checks before the node counts as unhealthy [default: 3].
+    #[arg(long = "healthcheck.failures", env = "OP_SIDECAR_HEALTHCHECK_FAILURES")]
+    pub health_failures: Option<String>,
+    /// Consecutive good checks before an unhealthy node counts as healthy again [default: 2].
+    #[arg(
+        long = "healthcheck.successes",
+        env = "OP_SIDECAR_HEALTHCHECK_SUCCESSES"
+    )]
+    pub health_successes: Option<String>,
+    /// How long a new leader waits for its node to reach the recorded head before giving way [default: 10s].
+    #[arg(
+        long = "handover.catchup-timeout",
+        env = "OP_SIDECAR_HANDOVER_CATCHUP_TIMEOUT"
+    )]
+    pub catchup_timeout: Option<String>,
+    /// Start paused: never contend and never touch the node until resumed.
+    #[arg(long = "paused", env = "OP_SIDECAR_PAUSED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub paused: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long = "log.format", env = "OP_SIDECAR_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Health check settings, grouped because health.rs needs exactly these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub unsafe_interval: Duration,
+    pub min_peer_count: u64,
+    pub failures: u32,
+    pub successes: u32,
+}
+
+/// The validated configuration. Constructed only through [`Config::from_args`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server_id: String,
+    pub node_rpc: String,
+    pub node_advertise: String,
+    pub execution_rpc: String,
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub etcd_timeout: Duration,
+    pub rpc_addr: IpAddr,
+    pub rpc_port: u16,
+    pub rpc_advertise: String,
+    pub rpc_max_body: usize,
+    pub rpc_timeout: Duration,
+    pub admin_addr: IpAddr,
+    pub admin_port: u16,
+    pub lease_ttl: Duration,
+    pub health: HealthConfig,
+    pub catchup_timeout: Duration,
+    pub paused: bool,
+    pub log_format: LogFormat,
+}
+
+/// A setting that could not be used; `Display` is the one line an operator sees.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("invalid {setting} {value:?} (from {origin}): {reason}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        origin: Origin,
+        reason: String,
+    },
+    #[error("missing required setting {setting} (flag --{setting}, env {env}, or `{setting}` in the config file)")]
+    Missing { setting: &'static str, env: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    FlagOrEnv,
+    File,
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::FlagOrEnv => "flag or env",
+            Origin::File => "config file",
+            Origin::Default => "default",
+        })
+    }
+}
+
+/// The env var for a setting: `OP_SIDECAR_` + name upper-cased, `.` and `-` as `_`.
+pub fn env_name(setting: &str) -> String {
+    format!(
+        "OP_SIDECAR_{}",
+        setting.to_uppercase().replace(['.', '-'], "_")
+    )
+}
+
+/// Parses `500ms`, `2s`, `1m 30s` (humantime) or a bare integer meaning seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected e.g. 500ms, 2s or a whole number of seconds)"))
+}
+
+fn parse_http_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme {other} is not supported, use http:// (terminate TLS in front)"
+            ))
+        }
+        None => return Err("missing scheme, expected http://host:port".into()),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err("missing host".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+/// Flattens a TOML table into `section.key` names so `[server] id = "a"` and `server.id = "a"` agree.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            other => {
+                out.insert(key, other.clone());
+            }
+        }
+    }
+}
+
+fn toml_scalar(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(toml_scalar).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Setting names accepted in the config file: exactly the flag names.
+const SETTINGS: &[&str] = &[
+    "server.id",
+    "node.rpc",
+    "node.advertise",
+    "execution.rpc",
+    "etcd.endpoints",
+    "etcd.prefix",
+    "etcd.timeout",
+    "rpc.addr",
+    "rpc.port",
+    "rpc.advertise",
+    "rpc.max-body",
+    "rpc.timeout",
+    "admin.addr",
+    "admin.port",
+    "lease.ttl",
+    "healthcheck.interval",
+    "healthcheck.unsafe-interval",
+    "healthcheck.min-peer-count",
+    "healthcheck.failures",
+    "healthcheck.successes",
+    "handover.catchup-timeout",
+    "paused",
+    "log.format",
+];
+
+struct Resolver {
+    file: BTreeMap<String, toml::Value>,
+}
+
+impl Resolver {
+    fn raw(&self, setting: &'static str, cli: &Option<String>) -> Option<(String, Origin)> {
+        if let Some(v) = cli {
+            return Some((v.clone(), Origin::FlagOrEnv));
+        }
+        self.file
+            .get(setting)
+            .map(|v| (toml_scalar(v), Origin::File))
+    }
+
+    fn get<T>(
+        &self,
+        setting: &'static str,
+        cli: &Option<String>,
+        default: Option<&str>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (value, origin) = match (self.raw(setting, cli), default) {
+            (Some(found), _) => found,
+            (None, Some(d)) => (d.to_string(), Origin::Default),
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    setting,
+                    env: env_name(setting),
+                })
+            }
+        };
+        parse(&value).map_err(|reason| ConfigError::Invalid {
+            setting,
+            value,
+            origin,
+            reason,
+        })
+    }
+
+    fn optional<T>(
+        &self,
+        setting: &'static str,
+        cli: &Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(setting, cli) {
+            None => Ok(None),
+            Some((value, origin)) => {
+                parse(&value)
+                    .map(Some)
+                    .map_err(|reason| ConfigError::Invalid {
+                        setting,
+                        value,
+                        origin,
+                        reason,
+                    })
+            }
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: fmt::Display,
+{
+    s.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn positive(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err("must be greater than zero".into())
+    } else {
+        Ok(d)
+    }
+}
+
+impl Config {
+    /// Resolves flags/env (already merged by clap), the optional file, and defaults; validates.
+    pub fn from_args(args: &Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            None => BTreeMap::new(),
+            Some(path) => load_file(path)?,
+        };
+        let r = Resolver { file };
+
+        let server_id = r.get("server.id", &args.server_id, None, |s| {
+            let s = s.trim();
+            if s.is_empty() {
+                Err("must not be empty".into())
+            } else if s.contains('/') || s.chars().any(char::is_whitespace) {
+                Err("must not contain '/' or whitespace (it is part of etcd keys)".into())
+            } else {
+                Ok(s.to_string())
+            }
+        })?;
+        let node_rpc = r.get("node.rpc", &args.node_rpc, None, parse_http_url)?;
+        let node_advertise = r
+            .optional("node.advertise", &args.node_advertise, parse_http_url)?
+            .unwrap_or_else(|| node_rpc.clone());
+        let execution_rpc = r.get("execution.rpc", &args.execution_rpc, None, parse_http_url)?;
+        let etcd_endpoints = r.get(
+            "etcd.endpoints",
+            &args.etcd_endpoints,
+            Some("http://127.0.0.1:2379"),
+            |s| {
+                let list: Vec<String> = s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(parse_http_url)
+                    .collect::<Result<_, _>>()?;
+                if list.is_empty() {
+                    return Err("at least one endpoint is required".into());
+                }
+                Ok(list)
+            },
+        )?;
+        let etcd_prefix = r.get(
+            "etcd.prefix",
+            &args.etcd_prefix,
+            Some("/op-sidecar/default"),
+            |s| {
+                let p = s.trim().trim_end_matches('/');
+                if p.is_empty() {
+                    Err("must not be empty (it isolates one chain's keys)".into())
+                } else {
+                    Ok(p.to_string())
+                }
+            },
+        )?;
+        let etcd_timeout = r.get("etcd.timeout", &args.etcd_timeout, Some("2s"), |s| {
+            parse_duration(s).and_then(positive)
+        })?;
+        let rpc_addr = r.get(
+            "rpc.addr",
+            &args.rpc_addr,
+            Some("127.0.0.1"),
+            parse_num::<IpAddr>,
+        )?;
+        let rpc_port = r.get("rpc.port", &args.rpc_port, Some("8547"), parse_num::<u16>)?;
+        let rpc_advertise =
+            match r.optional("rpc.advertise", &args.rpc_advertise, parse_http_url)? {
+                Some(url) => url,
+                None if rpc_addr.is_unspecified() => {
+                    return Err(ConfigError::Invalid {
+                        setting: "rpc.advertise",
+                        value: String::new(),
+                        origin: Origin::Default,
+                        reason: format!(
+                            "rpc.addr is {rpc_addr}; set the URL other sidecars should use"
+                        ),
+                    })
+                }
+                None if rpc_addr.is_ipv6() => format!("http://[{rpc_addr}]:{rpc_port}"),
+                None => format!("http://{rpc_addr}:{rpc_port}"),
+            };
+        let rpc_max_body = r.get("rpc.max-body", &args.rpc_max_body, Some("10485760"), |s| {
+            let n = parse_num::<usize>(s)?;
+            if n < 1024 {
+                Err("must be at least 1024 bytes".into())
+            } else {
+                Ok(n)
+            }
+        })?;
+        let rpc_timeout = r.get("rpc.timeout", &args.rpc_timeout, Some("10s"), |s| {
+            parse_duration(s).and_then(positive)
+        })?;
+        let admin_addr = r.get(
+            "admin.addr",
+            &args.admin_addr,
+            Some("127.0.0.1"),
+            parse_num::<IpAddr>,
+        )?;
+        let admin_port = r.get(
+            "admin.port",
+            &args.admin_port,
+            Some("7300"),
+            parse_num::<u16>,
+        )?;
+        let lease_ttl = r.get("lease.ttl", &args.lease_ttl, Some("3s"), |s| {
+            let d = parse_duration(s)?;
+            if d < MIN_LEASE_TTL {
+                Err(format!(
+                    "must be at least {} (etcd silently raises shorter TTLs)",
+                    humantime::format_duration(MIN_LEASE_TTL)
+                ))
+            } else if d.subsec_nanos() != 0 {
+                Err("must be whole seconds (etcd leases have 1 s granularity)".into())
+            } else {
+                Ok(d)
+            }
+        })?;
+        let interval = r.get(
+            "healthcheck.interval",
+            &args.health_interval,
+            Some("1s"),
+            |s| parse_duration(s).and_then(positive),
+        )?;
+        let unsafe_interval = r.get(
+            "healthcheck.unsafe-interval",
+            &args.health_unsafe_interval,
+            Some("5s"),
+            |s| {
+                let d = parse_duration(s).and_then(positive)?;
+                if d < Duration::from_secs(1) {
+                    Err("must be at least 1s (block timestamps have 1 s resolution)".into())
+                } else {
+                    Ok(d)
+                }
+            },
+        )?;
+        let min_peer_count = r.get(
+            "healthcheck.min-peer-count",
+            &args.health_min_peer_count,
+            Some("0"),
+            parse_num::<u64>,
+        )?;
+        let at_least_one = |s: &str| {
+            let n = parse_num::<u32>(s)?;
+            if n == 0 {
+                Err("must be at least 1".into())
+            } else {
+                Ok(n)
+            }
+        };
+        let failures = r.get(
+            "healthcheck.failures",
+            &args.health_failures,
+            Some("3"),
+            at_least_one,
+        )?;
+        let successes = r.get(
+            "healthcheck.successes",
+            &args.health_successes,
+            Some("2"),
+            at_least_one,
+        )?;
+        let catchup_timeout = r.get(
+            "handover.catchup-timeout",
+            &args.catchup_timeout,
+            Some("10s"),
+            |s| parse_duration(s).and_then(positive),
+        )?;
+        let paused = r.get("paused", &args.paused, Some("false"), parse_bool)?;
+        let log_format = r.get("log.format", &args.log_format, Some("text"), |s| {
+            match s.trim() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected text or json".into()),
+            }
+        })?;
+
+        if interval >= lease_ttl {
+            return Err(ConfigError::Invalid {
+                setting: "healthcheck.interval",
+                value: humantime::format_duration(interval).to_string(),
+                origin: Origin::FlagOrEnv,
+                reason: format!(
+                    "must be shorter than lease.ttl ({}) so a failing leader notices in time",
+                    humantime::format_duration(lease_ttl)
+                ),
+            });
+        }
+
+        Ok(Config {
+            server_id,
+            node_rpc,
+            node_advertise,
+            execution_rpc,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_timeout,
+            rpc_addr,
+            rpc_port,
+            rpc_advertise,
+            rpc_max_body,
+            rpc_timeout,
+            admin_addr,
+            admin_port,
+            lease_ttl,
+            health: HealthConfig {
+                interval,
+                unsafe_interval,
+                min_peer_count,
+                failures,
+                successes,
+            },
+            catchup_timeout,
+            paused,
+            log_format,
+        })
+    }
+
+    /// The effective configuration keyed by setting name, for `op-sidecar config` and the startup log.
+    pub fn to_json(&self) -> serde_json::Value {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        json!({
+            "server.id": self.server_id,
+            "node.rpc": self.node_rpc,
+            "node.advertise": self.node_advertise,
+            "execution.rpc": self.execution_rpc,
+            "etcd.endpoints": self.etcd_endpoints,
+            "etcd.prefix": self.etcd_prefix,
+            "etcd.timeout": d(self.etcd_timeout),
+            "rpc.addr": self.rpc_addr.to_string(),
+            "rpc.port": self.rpc_port,
+            "rpc.advertise": self.rpc_advertise,
+            "rpc.max-body": self.rpc_max_body,
+            "rpc.timeout": d(self.rpc_timeout),
+            "admin.addr": self.admin_addr.to_string(),
+            "admin.port": self.admin_port,
+            "lease.ttl": d(self.lease_ttl),
+            "healthcheck.interval": d(self.health.interval),
+            "healthcheck.unsafe-interval": d(self.health.unsafe_interval),
+            "healthcheck.min-peer-count": self.health.min_peer_count,
+            "healthcheck.failures": self.health.failures,
+            "healthcheck.successes": self.health.successes,
+            "handover.catchup-timeout": d(self.catchup_timeout),
+            "paused": self.paused,
+            "log.format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+        })
+    }
+}
+
+fn load_file(path: &PathBuf) -> Result<BTreeMap<String, toml::Value>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: shown.clone(),
+            reason: e.message().to_string(),
+        })?;
+    let mut flat = BTreeMap::new();
+    flatten("", &table, &mut flat);
+    if let Some(unknown) = flat.keys().find(|k| !SETTINGS.contains(&k.as_str())) {
+        return Err(ConfigError::File {
+            path: shown,
+            reason: format!("unknown setting {unknown:?}"),
+        });
+    }
+    Ok(flat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["op-sidecar", "run"];
+        full.extend_from_slice(argv);
+        let cli = Cli::try_parse_from(full).expect("clap parse");
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        Config::from_args(&args)
+    }
+
+    const BASE: &[&str] = &[
+        "--server.id",
+        "a",
+        "--node.rpc",
+        "http://127.0.0.1:9545",
+        "--execution.rpc",
+        "http://127.0.0.1:8545",
+    ];
+
+    fn with(extra: &[&str]) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = BASE.to_vec();
+        for e in extra {
+            v.push(Box::leak(e.to_string().into_boxed_str()));
+        }
+        v
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(BASE).expect("valid");
+        assert_eq!(c.rpc_port, 8547);
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.rpc_advertise, "http://127.0.0.1:8547");
+        assert_eq!(c.node_advertise, "http://127.0.0.1:9545");
+        assert_eq!(c.health.min_peer_count, 0);
+        assert!(!c.paused);
+    }
+
+    #[test]
+    fn durations_accept_humantime_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("banana").is_err());
+        let c = parse(&with(&[
+            "--lease.ttl",
+            "4",
+            "--healthcheck.interval",
+            "250ms",
+        ]))
+        .expect("valid");
+        assert_eq!(c.lease_ttl, Duration::from_secs(4));
+        assert_eq!(c.health.interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = parse(&with(&["--lease.ttl", "banana"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("invalid lease.ttl \"banana\""), "{e}");
+        let e = parse(&with(&["--lease.ttl", "1s"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease.ttl") && e.contains("at least 2s"), "{e}");
+        let e = parse(&with(&["--lease.ttl", "2500ms"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole seconds"), "{e}");
+        let e = parse(&with(&["--node.rpc", "localhost:9545"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.rpc"), "{e}");
+        let e = parse(&["--node.rpc", "http://a:1", "--execution.rpc", "http://b:2"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.id") && e.contains("OP_SIDECAR_SERVER_ID"),
+            "{e}"
+        );
+        let e = parse(&with(&["--rpc.addr", "0.0.0.0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.advertise"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn env_names_follow_the_flag() {
+        assert_eq!(
+            env_name("healthcheck.min-peer-count"),
+            "OP_SIDECAR_HEALTHCHECK_MIN_PEER_COUNT"
+        );
+        assert_eq!(env_name("server.id"), "OP_SIDECAR_SERVER_ID");
+    }
+
+    #[test]
+    fn file_is_below_flags_and_above_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "lease.ttl = \"5s\"\n[server]\nid = \"from-file\"\n[node]\nrpc = \"http://10.0.0.1:9545\"\n[execution]\nrpc = \"http://10.0.0.1:8545\"\n[healthcheck]\nmin-peer-count = 2\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf8");
+        let c = parse(&["--config", p]).expect("valid");
+        assert_eq!(c.server_id, "from-file");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.health.min_peer_count, 2);
+        let c = parse(&["--config", p, "--server.id", "from-flag"]).expect("valid");
+        assert_eq!(c.server_id, "from-flag");
+    }
+
+    #[test]
+    fn file_errors_are_clear() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[lease]\nttl = \"forever\"\n").expect("write");
+        let e = parse(&with(&["--config", path.to_str().expect("utf8")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease.ttl") && e.contains("config file"), "{e}");
+        std::fs::write(&path, "[lease]\nttll = 3\n").expect("write");
+        let e = parse(&with(&["--config", path.to_str().expect("utf8")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown setting \"lease.ttll\""), "{e}");
+        std::fs::write(&path, "not toml [").expect("write");
+        let e = parse(&with(&["--config", path.to_str().expect("utf8")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config file"), "{e}");
+    }
+
+    #[test]
+    fn paused_flag_forms() {
+        assert!(parse(&with(&["--paused"])).expect("valid").paused);
+        assert!(!parse(&with(&["--paused=false"])).expect("valid").paused);
+    }
+}

@@ -1,0 +1,382 @@
+//! The etcd lease (keepalives and a locally computed validity deadline) and the leader key, taken and released by single fenced Txns; knows nothing of op-node.
+//!
+//! Safety does not rest on etcd answering: the lease is valid locally only until the send time
+//! of the last acknowledged keepalive plus the TTL minus a margin, measured on the monotonic
+//! clock. etcd can only expire the lease later than that, because it starts its own countdown
+//! when it receives the keepalive, after we sent it.
+//!
+//! The leader key is taken with one Txn (`if no key under leader/ then put mine with my lease`)
+//! rather than the Election API's Campaign, which can report leadership after the caller's lease
+//! expired while it waited (etcd-io/etcd#19597). A put bound to an expired lease fails, so a
+//! successful Txn means the lease was alive at that revision.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Keys;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ElectionError {
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<etcd_client::Error> for ElectionError {
+    fn from(e: etcd_client::Error) -> Self {
+        ElectionError::Etcd(e.to_string())
+    }
+}
+
+/// Runs an etcd call under a time limit.
+pub async fn timed<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ElectionError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(ElectionError::from),
+        Err(_) => Err(ElectionError::Timeout(limit)),
+    }
+}
+
+/// Connects without a global request timeout (long waits such as watches need none); every
+/// other call is wrapped in [`timed`]. HTTP/2 keepalives detect a blackholed connection so the
+/// channel reconnects after a partition heals.
+pub async fn connect(endpoints: &[String]) -> Result<Client, ElectionError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+        // A member cut off from its quorum must fail requests, not serve stale reads or hang.
+        .with_require_leader(true);
+    Ok(Client::connect(endpoints, Some(opts)).await?)
+}
+
+/// Our current lease as the keepalive loop sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseState {
+    pub id: i64,
+    /// Monotonic instant after which we must behave as if the lease were gone.
+    pub valid_until: Instant,
+}
+
+impl LeaseState {
+    pub fn valid_at(&self, now: Instant) -> bool {
+        now < self.valid_until
+    }
+}
+
+/// How long before etcd could expire the lease we stop trusting it: a quarter of the TTL,
+/// which covers stopping the sequencer and scheduling delays; keepalives go out at the same
+/// rate so two lost ones are tolerated.
+pub fn margin(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+pub fn keepalive_interval(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// The deadline implied by a keepalive sent at `sent` and acknowledged with `granted` seconds.
+pub fn deadline(sent: Instant, granted: Duration, ttl: Duration) -> Instant {
+    sent + granted.min(ttl) - margin(ttl)
+}
+
+/// Keeps one lease alive and publishes it; grants a new one when etcd says it is gone. Runs
+/// until cancelled; the caller revokes the lease during shutdown.
+pub async fn run_lease(
+    client: Client,
+    ttl: Duration,
+    limit: Duration,
+    tx: watch::Sender<Option<LeaseState>>,
+    cancel: CancellationToken,
+) {
+    let ttl_secs = ttl.as_secs() as i64;
+    let mut backoff = Duration::from_millis(100);
+    'grant: loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let sent = Instant::now();
+        let id = match timed(limit, client.lease_client().grant(ttl_secs, None)).await {
+            Ok(r) => r.id(),
+            Err(e) => {
+                tracing::warn!(error = %e, "lease grant failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut state = LeaseState {
+            id,
+            valid_until: deadline(sent, ttl, ttl),
+        };
+        tx.send_replace(Some(state));
+        tracing::info!(lease = format_args!("{id:x}"), ttl = ?ttl, "lease granted");
+
+        let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+        // Send instants of keepalives not yet acknowledged, oldest first. Matching an ack to an
+        // older send than its own only makes the deadline earlier, never later.
+        let mut pending: VecDeque<Instant> = VecDeque::new();
+        let mut tick = tokio::time::interval(keepalive_interval(ttl));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                msg = next_ack(&mut stream) => match msg {
+                    Ok(Some(resp)) => {
+                        let sent = pending.pop_front();
+                        if resp.ttl() <= 0 {
+                            tracing::warn!(lease = format_args!("{id:x}"), "etcd reports the lease expired");
+                            tx.send_replace(None);
+                            continue 'grant;
+                        }
+                        if let Some(sent) = sent {
+                            let d = deadline(sent, Duration::from_secs(resp.ttl() as u64), ttl);
+                            if d > state.valid_until {
+                                state.valid_until = d;
+                                tx.send_replace(Some(state));
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::warn!(lease = format_args!("{id:x}"), "lease keepalive stream closed; reopening");
+                        stream = None;
+                        pending.clear();
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    match stream.as_mut() {
+                        Some((keeper, _)) => {
+                            if keeper.keep_alive().await.is_ok() {
+                                pending.push_back(now);
+                            } else {
+                                stream = None;
+                                pending.clear();
+                            }
+                        }
+                        None => {
+                            // Opening the stream sends one keepalive and waits for its ack.
+                            match timed(limit, client.lease_client().keep_alive(id)).await {
+                                Ok(s) => {
+                                    stream = Some(s);
+                                    let d = deadline(now, ttl, ttl);
+                                    if d > state.valid_until {
+                                        state.valid_until = d;
+                                        tx.send_replace(Some(state));
+                                    }
+                                }
+                                Err(ElectionError::Etcd(e)) if e.contains("lease not found") => {
+                                    tracing::warn!(lease = format_args!("{id:x}"), "lease not found; granting a new one");
+                                    tx.send_replace(None);
+                                    continue 'grant;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "lease keepalive failed"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn next_ack(
+    stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error> {
+    match stream.as_mut() {
+        Some((_, s)) => s.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A leadership we won. `epoch` (the create revision of `key`) is the fencing token: every
+/// write a leader makes is conditional on the key still having it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub key: String,
+    pub epoch: i64,
+    pub lease: i64,
+}
+
+/// Whoever holds the leader key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub id: String,
+    pub key: String,
+    pub epoch: i64,
+    pub lease: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    Won(Leadership),
+    Held(Option<LeaderInfo>),
+}
+
+/// Leader-key operations for one chain and one server id.
+#[derive(Clone)]
+pub struct Election {
+    client: Client,
+    keys: Keys,
+    id: String,
+    limit: Duration,
+}
+
+impl Election {
+    pub fn new(client: Client, keys: Keys, id: impl Into<String>, limit: Duration) -> Self {
+        Election {
+            client,
+            keys,
+            id: id.into(),
+            limit,
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The time limit applied to each etcd request.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// The compare that fences a write to the holder of `l`.
+    pub fn fence(&self, l: &Leadership) -> Compare {
+        Compare::create_revision(l.key.clone(), CompareOp::Equal, l.epoch)
+    }
+
+    /// Takes the leader key if nobody holds it, in one Txn. Never waits.
+    pub async fn try_acquire(&self, lease: i64) -> Result<Acquire, ElectionError> {
+        let dir = self.keys.leader_dir();
+        let key = self.keys.leader_key(lease);
+        // A range compare with no keys in the range compares against a zero key, so
+        // `create_revision == 0` over the directory means "no leader key exists".
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                dir.clone(),
+                CompareOp::Equal,
+                0,
+            )
+            .with_prefix()])
+            .and_then(vec![TxnOp::put(
+                key.clone(),
+                self.id.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else(vec![TxnOp::get(dir, Some(GetOptions::new().with_prefix()))]);
+        let resp = timed(self.limit, self.client.kv_client().txn(txn)).await?;
+        if resp.succeeded() {
+            let epoch = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(Acquire::Won(Leadership { key, epoch, lease }));
+        }
+        let mut holder = None;
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(get) = op {
+                holder = lowest(get.kvs());
+            }
+        }
+        Ok(Acquire::Held(holder))
+    }
+
+    /// The current leader: the lowest create revision under `leader/`, as `etcdctl elect -l` sees it.
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>, ElectionError> {
+        let resp = timed(
+            self.limit,
+            self.client.kv_client().get(
+                self.keys.leader_dir(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        Ok(lowest(resp.kvs()))
+    }
+
+    /// Applies `ops` only if we still hold the leader key with our epoch.
+    pub async fn fenced(&self, l: &Leadership, ops: Vec<TxnOp>) -> Result<bool, ElectionError> {
+        let txn = Txn::new().when(vec![self.fence(l)]).and_then(ops);
+        Ok(timed(self.limit, self.client.kv_client().txn(txn))
+            .await?
+            .succeeded())
+    }
+
+    /// Releases the key, applying `ops` in the same fenced Txn (e.g. recording the stopped head).
+    /// Returns false if the key was no longer ours (expired or taken), in which case nothing was written.
+    pub async fn resign(&self, l: &Leadership, mut ops: Vec<TxnOp>) -> Result<bool, ElectionError> {
+        ops.push(TxnOp::delete(l.key.clone(), None));
+        self.fenced(l, ops).await
+    }
+
+    /// Revokes the lease: every key bound to it (leader, member) disappears at once.
+    pub async fn revoke(&self, lease: i64) -> Result<(), ElectionError> {
+        timed(self.limit, self.client.lease_client().revoke(lease))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn lowest(kvs: &[etcd_client::KeyValue]) -> Option<LeaderInfo> {
+    kvs.iter()
+        .min_by_key(|kv| kv.create_revision())
+        .map(|kv| LeaderInfo {
+            id: String::from_utf8_lossy(kv.value()).into_owned(),
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            epoch: kv.create_revision(),
+            lease: kv.lease(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_is_before_etcd_expiry() {
+        let ttl = Duration::from_secs(3);
+        let sent = Instant::now();
+        let d = deadline(sent, ttl, ttl);
+        assert!(d < sent + ttl);
+        assert_eq!(d, sent + ttl - margin(ttl));
+        // etcd may answer with less than the full TTL (a keepalive after a long gap); never more.
+        assert_eq!(
+            deadline(sent, Duration::from_secs(2), ttl),
+            sent + Duration::from_secs(2) - margin(ttl)
+        );
+        assert_eq!(deadline(sent, Duration::from_secs(9), ttl), d);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn validity_follows_the_monotonic_clock() {
+        let s = LeaseState {
+            id: 1,
+            valid_until: Instant::now() + Duration::from_secs(2),
+        };
+        assert!(s.valid_at(Instant::now()));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!s.valid_at(Instant::now()));
+    }
+}

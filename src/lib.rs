@@ -1,0 +1,22 @@
+//! op-sidecar: a high-availability sidecar for OP Stack sequencers, backed by etcd.
+//!
+//! - [`config`]: flags, env and TOML resolved into a validated [`config::Config`].
+//! - [`election`]: etcd lease with a local validity deadline; the leader key by fenced Txns.
+//! - [`state`]: the etcd key layout and records; [`cluster`]: one-round-trip reads of them.
+//! - [`sequencer`]: typed op-node / op-geth client.
+//! - [`health`]: polling and a pure, hysteresis-filtered verdict.
+//! - [`app`]: the control loop (the only caller of start/stop) and the shutdown order.
+//! - [`transfer`]: operator-requested leadership transfer.
+//! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
+
+pub mod admin;
+pub mod app;
+pub mod cluster;
+pub mod config;
+pub mod election;
+pub mod health;
+pub mod metrics;
+pub mod rpc;
+pub mod sequencer;
+pub mod state;
+pub mod transfer;

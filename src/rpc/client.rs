@@ -1,0 +1,203 @@
+//! Outgoing JSON-RPC over HTTP/1.1 (to op-node, op-geth and other sidecars) with a per-call time limit; knows no method semantics.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::error::ErrorObject;
+use super::types::{to_raw, OutRequest, Response};
+
+/// Responses larger than this are refused rather than buffered (a block with full txs is < 10 MiB).
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum CallError {
+    #[error("{url} unreachable: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url} answered HTTP {status}")]
+    Http { url: String, status: u16 },
+    #[error("{} (code {})", .0.message, .0.code)]
+    Rpc(ErrorObject),
+    #[error("{url} sent an undecodable answer: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+impl CallError {
+    /// The JSON-RPC error message when the peer answered with an error object.
+    pub fn rpc_message(&self) -> Option<&str> {
+        match self {
+            CallError::Rpc(e) => Some(&e.message),
+            _ => None,
+        }
+    }
+
+    pub fn is_method_not_found(&self) -> bool {
+        matches!(self, CallError::Rpc(e) if e.code == super::error::METHOD_NOT_FOUND)
+    }
+}
+
+/// A pooled HTTP client; cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let inner = Client::builder(TokioExecutor::new())
+            // A crashed or restarted peer leaves dead pooled connections; keep them short-lived.
+            .pool_idle_timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(16)
+            .build(connector);
+        HttpClient { inner }
+    }
+
+    /// POSTs a body and returns the status and the whole answer, all within `timeout`.
+    pub async fn post(
+        &self,
+        url: &str,
+        body: Bytes,
+        extra: &[(&'static str, &str)],
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let fut = async {
+            let mut req = Request::post(url).header(header::CONTENT_TYPE, "application/json");
+            for (k, v) in extra {
+                req = req.header(*k, *v);
+            }
+            let req = req
+                .body(Full::new(body))
+                .map_err(|e| CallError::Transport {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| CallError::Transport {
+                    url: url.to_string(),
+                    reason: error_chain(&e),
+                })?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| CallError::Timeout {
+                url: url.to_string(),
+                timeout,
+            })?
+    }
+
+    /// Calls one method with raw params; the result comes back raw (bytes unchanged).
+    pub async fn call_raw(
+        &self,
+        url: &str,
+        method: &str,
+        params: &RawValue,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, CallError> {
+        self.call_raw_with(url, method, params, &[], timeout).await
+    }
+
+    /// As [`call_raw`](Self::call_raw), with extra request headers.
+    pub async fn call_raw_with(
+        &self,
+        url: &str,
+        method: &str,
+        params: &RawValue,
+        headers: &[(&'static str, &str)],
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, CallError> {
+        let id = to_raw(&1);
+        let body = serde_json::to_vec(&OutRequest {
+            jsonrpc: "2.0",
+            method,
+            params,
+            id: &id,
+        })
+        .map_err(|e| CallError::Decode {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (status, bytes) = self.post(url, Bytes::from(body), headers, timeout).await?;
+        let resp: Response = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(_) if !status.is_success() => {
+                return Err(CallError::Http {
+                    url: url.to_string(),
+                    status: status.as_u16(),
+                })
+            }
+            Err(e) => {
+                return Err(CallError::Decode {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        match (resp.result, resp.error) {
+            (_, Some(err)) => Err(CallError::Rpc(err)),
+            (Some(result), None) => Ok(result),
+            // `"result": null` deserializes to None: a null result.
+            (None, None) => Ok(super::types::raw_null()),
+        }
+    }
+
+    /// Calls one method and decodes the result.
+    pub async fn call<P: Serialize, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        method: &str,
+        params: P,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let params = serde_json::value::to_raw_value(&params).map_err(|e| CallError::Decode {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let raw = self.call_raw(url, method, &params, timeout).await?;
+        serde_json::from_str(raw.get()).map_err(|e| CallError::Decode {
+            url: url.to_string(),
+            reason: format!("{method}: {e}"),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

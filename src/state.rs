@@ -1,0 +1,175 @@
+//! The etcd key layout under one chain's prefix and the JSON records stored there; no I/O and no policy.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sequencer::BlockId;
+
+/// Key names for one chain. Every key lives under `prefix`, so one etcd can serve many chains.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The election name for `etcdctl elect -l`: candidates' keys live below it.
+    pub fn election(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
+    /// `<prefix>/leader/` with the trailing slash, for range reads and compares.
+    pub fn leader_dir(&self) -> String {
+        format!("{}/leader/", self.prefix)
+    }
+
+    /// The Election API layout (`<name>/<lease id hex>`), so stock `etcdctl elect -l` sees it.
+    pub fn leader_key(&self, lease: i64) -> String {
+        format!("{}/leader/{:x}", self.prefix, lease)
+    }
+
+    pub fn head(&self) -> String {
+        format!("{}/head", self.prefix)
+    }
+
+    pub fn payload(&self) -> String {
+        format!("{}/payload", self.prefix)
+    }
+
+    pub fn stopped(&self) -> String {
+        format!("{}/stopped", self.prefix)
+    }
+
+    pub fn members_dir(&self) -> String {
+        format!("{}/members/", self.prefix)
+    }
+
+    pub fn member(&self, id: &str) -> String {
+        format!("{}/members/{id}", self.prefix)
+    }
+
+    pub fn control_dir(&self) -> String {
+        format!("{}/control/", self.prefix)
+    }
+
+    pub fn election_stopped(&self) -> String {
+        format!("{}/control/election-stopped", self.prefix)
+    }
+
+    pub fn transfer(&self) -> String {
+        format!("{}/control/transfer", self.prefix)
+    }
+}
+
+/// The last head a leader recorded: committed (conductor mode) or observed (sidecar-driven mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    pub number: u64,
+    pub hash: String,
+    #[serde(rename = "parentHash", default)]
+    pub parent_hash: String,
+    /// The recording leader's epoch (create revision of its leader key).
+    pub epoch: i64,
+    pub id: String,
+    /// The recording leader's op-node admin URL, so a successor can stop it even after its
+    /// sidecar died and its member key expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl HeadRecord {
+    pub fn block(&self) -> BlockId {
+        BlockId {
+            number: self.number,
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+/// Where the last leader stopped its sequencer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedRecord {
+    pub hash: String,
+    pub number: u64,
+    pub id: String,
+    pub epoch: i64,
+}
+
+/// One sidecar's advertisement, bound to its lease so it vanishes with the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: String,
+    /// The sidecar's JSON-RPC URL.
+    pub rpc: String,
+    /// The op-node admin URL.
+    pub node: String,
+    pub healthy: bool,
+    pub paused: bool,
+    /// Whether its op-node reported an active sequencer at the last check.
+    pub active: bool,
+    pub head: Option<BlockId>,
+    pub version: String,
+}
+
+/// A leadership transfer an operator asked for; candidates other than `target` stand back
+/// while it is pending, and the leader of `epoch` steps down for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub target: String,
+    pub from: String,
+    pub epoch: i64,
+    /// Unix milliseconds after which the transfer is void and anyone may contend again.
+    pub expires_ms: u64,
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let k = Keys::new("/op/chain-1/");
+        assert_eq!(
+            k.leader_key(0x694d7b0a1c2b),
+            "/op/chain-1/leader/694d7b0a1c2b"
+        );
+        assert!(k.leader_key(1).starts_with(&k.leader_dir()));
+        assert_eq!(k.election(), "/op/chain-1/leader");
+        assert_eq!(k.member("seq-0"), "/op/chain-1/members/seq-0");
+        assert!(k.transfer().starts_with(&k.control_dir()));
+    }
+
+    #[test]
+    fn head_record_json_shape() {
+        let h = HeadRecord {
+            number: 5,
+            hash: "0x05".into(),
+            parent_hash: "0x04".into(),
+            epoch: 9,
+            id: "a".into(),
+            node: None,
+        };
+        let v = serde_json::to_value(&h).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"number": 5, "hash": "0x05", "parentHash": "0x04", "epoch": 9, "id": "a"})
+        );
+        let back: HeadRecord = serde_json::from_value(v).expect("back");
+        assert_eq!(back, h);
+    }
+}
