@@ -720,7 +720,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("whole seconds"), "{e}");
-        let e = parse(&with(&["--node.rpc", "localhost:9545"]))
+        let e = parse(&[
+            "--server.id",
+            "a",
+            "--node.rpc",
+            "localhost:9545",
+            "--execution.rpc",
+            "http://b:2",
+        ])
             .unwrap_err()
             .to_string();
         assert!(e.contains("node.rpc"), "{e}");
