@@ -45,17 +45,29 @@ rm -rf "$state"
 mkdir -p "$state"
 pids=()
 cleanup() {
+  local code=$?
   trap - INT TERM EXIT
   echo
   echo "stopping the devnet..."
-  # Sidecars first (they stop their sequencer and resign), then the simulator, then etcd.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # pids: [0] etcd, [1] simulator, [2..] sidecars. Sidecars first, all at once, and wait: they
+  # stop their sequencer and resign, which needs etcd. Then the simulator, then etcd.
+  for ((i = 2; i < ${#pids[@]}; i++)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  for ((i = 2; i < ${#pids[@]}; i++)); do wait "${pids[$i]}" 2>/dev/null || true; done
+  for i in 1 0; do
+    if [ -n "${pids[$i]:-}" ]; then
+      kill -TERM "${pids[$i]}" 2>/dev/null || true
+      wait "${pids[$i]}" 2>/dev/null || true
+    fi
+  done
   echo "stopped; logs are in $state"
+  exit "$code"
 }
 trap cleanup INT TERM EXIT
 
-etcd --name devnet --data-dir "$state/etcd" \
+# Children run in their own sessions (setsid): Ctrl-C reaches only this script, which then
+# sends each child exactly one SIGTERM. Otherwise the sidecars would see Ctrl-C's SIGINT and
+# then our SIGTERM as a second signal, which means "exit now" and skips the graceful resign.
+setsid etcd --name devnet --data-dir "$state/etcd" \
   --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
   --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
   --initial-cluster "devnet=http://127.0.0.1:$((ETCD_PORT + 1))" --log-level error >"$state/etcd.log" 2>&1 &
@@ -73,12 +85,12 @@ if [ "$MODE" = conductor ]; then
   urls=$(for ((i = 0; i < N; i++)); do printf 'http://127.0.0.1:%d,' $((RPC_BASE + i)); done)
   conductor_args=(--conductor-rpc "${urls%,}")
 fi
-"$bin/op-node-sim" --nodes "$N" --block-time "$BLOCK_TIME" --base-port "$SIM_BASE" --control-port "$SIM_CONTROL" "${conductor_args[@]}" >"$state/sim.log" 2>&1 &
+setsid "$bin/op-node-sim" --nodes "$N" --block-time "$BLOCK_TIME" --base-port "$SIM_BASE" --control-port "$SIM_CONTROL" "${conductor_args[@]}" >"$state/sim.log" 2>&1 &
 pids+=($!)
 sleep 1
 
 for ((i = 0; i < N; i++)); do
-  RUST_LOG=${RUST_LOG:-info} "$bin/op-sidecar" run \
+  RUST_LOG=${RUST_LOG:-info} setsid "$bin/op-sidecar" run \
     --server.id "seq-$i" \
     --node.rpc "http://127.0.0.1:$((SIM_BASE + 2 * i))" \
     --execution.rpc "http://127.0.0.1:$((SIM_BASE + 2 * i + 1))" \

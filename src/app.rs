@@ -9,6 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicBool;
+
 use anyhow::Context;
 use etcd_client::{TxnOp, WatchOptions};
 use tokio::net::TcpListener;
@@ -17,6 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, View};
+use crate::commit::{self, Committer};
 use crate::config::Config;
 use crate::election::{self, Acquire, Election, Leadership, LeaseState};
 use crate::health::{self, Health};
@@ -53,6 +56,8 @@ pub struct Status {
     pub leader: Option<LeaderRef>,
     /// The control loop has completed at least one tick.
     pub started: bool,
+    /// Stopped by `conductor_stop`: acts no more until restarted.
+    pub stopped: bool,
     pub shutting_down: bool,
 }
 
@@ -67,6 +72,7 @@ impl Status {
             etcd_reachable: false,
             leader: None,
             started: false,
+            stopped: false,
             shutting_down: false,
         }
     }
@@ -81,7 +87,9 @@ pub struct LeaderRef {
 /// Requests from the RPC server to the control loop.
 #[derive(Debug)]
 pub enum Command {
-    SetPaused(bool, oneshot::Sender<()>),
+    SetPaused(bool, oneshot::Sender<Result<(), String>>),
+    /// `conductor_stop`: step down and stop acting until the process restarts.
+    Stop(oneshot::Sender<()>),
 }
 
 /// What RPC handlers may use. Only the control loop calls the local sequencer's start/stop.
@@ -95,6 +103,10 @@ pub struct Shared {
     pub health: watch::Receiver<Health>,
     pub commands: mpsc::Sender<Command>,
     pub metrics: Arc<Metrics>,
+    pub committer: Committer,
+    /// `conductor_overrideLeader`: an operator's escape hatch when etcd is lost for good; makes
+    /// `conductor_leader` say yes and lets commits through unfenced. Off unless set.
+    pub leader_override: AtomicBool,
 }
 
 impl Shared {
@@ -205,6 +217,8 @@ pub async fn run_with_listeners(
         health: health_rx,
         commands: cmd_tx,
         metrics: metrics.clone(),
+        committer: Committer::new(),
+        leader_override: AtomicBool::new(false),
     });
     let rpc_task = tokio::spawn(crate::rpc::server::serve(
         rpc,
@@ -392,11 +406,26 @@ impl Controller {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::SetPaused(paused, done) => {
+                if !paused && self.status_tx.borrow().stopped {
+                    let _ = done.send(Err(
+                        "sidecar is stopped (conductor_stop); restart the process to resume".into(),
+                    ));
+                    return;
+                }
                 if paused != self.paused {
                     tracing::info!(paused, "pause state changed by operator");
                 }
                 self.paused = paused;
                 self.publish(|s| s.paused = paused);
+                let _ = done.send(Ok(()));
+            }
+            Command::Stop(done) => {
+                tracing::warn!("stopped by operator (conductor_stop)");
+                self.paused = true;
+                self.publish(|s| {
+                    s.paused = true;
+                    s.stopped = true;
+                });
                 let _ = done.send(());
             }
         }
@@ -694,12 +723,13 @@ impl Controller {
             }
             match self.s.node.has_block(t).await {
                 Ok(true) => return Ok(()),
-                Ok(false) | Err(_) if Instant::now() >= deadline => {
+                _ if Instant::now() >= deadline => {
                     return Err(format!(
                         "node did not reach recorded head {}:{} within {:?}",
                         t.hash, t.number, self.s.config.catchup_timeout
                     ));
                 }
+                Ok(false) if self.mode == Mode::Conductor => self.repair_one_block(t).await,
                 Ok(false) | Err(_) => {}
             }
             if !logged {
@@ -710,6 +740,43 @@ impl Controller {
                 _ = self.cancel.cancelled() => return Err("shutting down".into()),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
+        }
+    }
+
+    /// Conductor mode: a node exactly one block behind the committed head gets the stored
+    /// payload posted (op-conductor wedged here, #22094). Larger gaps are left to sync.
+    async fn repair_one_block(&self, t: &BlockId) {
+        let Ok(status) = self.s.node.sync_status().await else {
+            return;
+        };
+        let local = status.unsafe_l2;
+        if local.number + 1 != t.number {
+            return;
+        }
+        let payload = match commit::read_payload(&self.s.election).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stored payload");
+                return;
+            }
+        };
+        match commit::block_meta(&payload) {
+            Ok(meta)
+                if meta.hash.eq_ignore_ascii_case(&t.hash)
+                    && meta.parent.eq_ignore_ascii_case(&local.hash) =>
+            {
+                tracing::info!(number = t.number, hash = %t.hash, "node is one block behind the committed head; posting the stored payload");
+                match self.s.node.post_unsafe_payload(&payload).await {
+                    Ok(()) => self.s.metrics.action("post_payload", "ok"),
+                    Err(e) => {
+                        self.s.metrics.action("post_payload", "error");
+                        tracing::warn!(error = %e, "admin_postUnsafePayload failed");
+                    }
+                }
+            }
+            Ok(_) => tracing::debug!("stored payload does not bridge the gap"),
+            Err(e) => tracing::warn!(error = %e, "stored payload is invalid"),
         }
     }
 
@@ -875,6 +942,7 @@ impl Controller {
             }
         }
         self.publish(|s| s.leading = None);
+        self.s.committer.reset().await;
         self.recorded = None;
         if exit == Exit::GiveWay {
             self.give_way_until = Some(Instant::now() + self.s.config.lease_ttl * 2);

@@ -728,8 +728,8 @@ mod tests {
             "--execution.rpc",
             "http://b:2",
         ])
-            .unwrap_err()
-            .to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("node.rpc"), "{e}");
         let e = parse(&["--node.rpc", "http://a:1", "--execution.rpc", "http://b:2"])
             .unwrap_err()

@@ -6,12 +6,14 @@
 //! - [`sequencer`]: typed op-node / op-geth client.
 //! - [`health`]: polling and a pure, hysteresis-filtered verdict.
 //! - [`app`]: the control loop (the only caller of start/stop) and the shutdown order.
+//! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`).
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
 
 pub mod admin;
 pub mod app;
 pub mod cluster;
+pub mod commit;
 pub mod config;
 pub mod election;
 pub mod health;

@@ -4,7 +4,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use std::sync::atomic::Ordering;
+
 use tokio::sync::oneshot;
+
+use super::client::CallError;
+use super::server::FORWARDED;
+use crate::commit::CommitError;
 
 use super::error::RpcError;
 use super::proxy::{self, Upstream};
@@ -39,6 +45,17 @@ const KNOWN: &[&str] = &[
     "conductor_sequencerHealthy",
     "conductor_pause",
     "conductor_resume",
+    "conductor_stop",
+    "conductor_commitUnsafePayload",
+    "conductor_overrideLeader",
+    "conductor_leaderOverridden",
+    "conductor_transferLeader",
+    "conductor_transferLeaderToServer",
+    "conductor_clusterMembership",
+    "conductor_addServerAsVoter",
+    "conductor_addServerAsNonvoter",
+    "conductor_removeServer",
+    "miner_setMaxDASize",
 ];
 
 pub fn is_known(method: &str) -> bool {
@@ -144,8 +161,57 @@ pub async fn call(
         // === conductor_* (op-conductor's API) ===
         "conductor_leader" => {
             let () = no_params(p)?;
-            ok(s.leader_now().is_some())
+            ok(s.leader_now().is_some() || s.leader_override.load(Ordering::SeqCst))
         }
+        "conductor_commitUnsafePayload" => {
+            let (envelope,): (Box<RawValue>,) = params(p)?;
+            commit_unsafe_payload(s, &envelope).await
+        }
+        "conductor_overrideLeader" => {
+            let (on,): (bool,) = params(p)?;
+            s.leader_override.store(on, Ordering::SeqCst);
+            if on {
+                tracing::warn!("leader overridden by operator: conductor_leader answers true and commits are NOT fenced");
+            } else {
+                tracing::info!("leader override cleared");
+            }
+            Ok(raw_null())
+        }
+        "conductor_leaderOverridden" => {
+            let () = no_params(p)?;
+            ok(s.leader_override.load(Ordering::SeqCst))
+        }
+        "conductor_transferLeader" => {
+            let () = no_params(p)?;
+            let view = cluster::read_view(&s.election).await.map_err(etcd)?;
+            let me = view.leader.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+            let head = view.leader_member().and_then(|m| m.head.clone());
+            let target = crate::app::best_candidate(&view, &me, head.as_ref())
+                .ok_or_else(|| RpcError::Server("no healthy, caught-up server to transfer leadership to".into()))?;
+            transfer::transfer_to(s, &target).await?;
+            Ok(raw_null())
+        }
+        "conductor_transferLeaderToServer" => {
+            let (id, addr): (String, String) = params(p)?;
+            let view = cluster::read_view(&s.election).await.map_err(etcd)?;
+            if let Some(m) = view.members.get(&id) {
+                if !addr.is_empty() && m.rpc.trim_end_matches('/') != addr.trim_end_matches('/') {
+                    tracing::warn!(id, given = %addr, registered = %m.rpc, "transfer address differs from the registered one; using the registered one");
+                }
+            }
+            transfer::transfer_to(s, &id).await?;
+            Ok(raw_null())
+        }
+        "conductor_clusterMembership" => {
+            let () = no_params(p)?;
+            let view = cluster::read_view(&s.election).await.map_err(etcd)?;
+            let servers: Vec<_> = view.members.values().map(|m| json!({"id": m.id, "addr": m.rpc, "suffrage": 0})).collect();
+            ok(json!({"servers": servers, "version": view.revision}))
+        }
+        "conductor_addServerAsVoter" | "conductor_addServerAsNonvoter" | "conductor_removeServer" => Err(RpcError::Server(format!(
+            "{method} is a raft operation: op-sidecar has no raft membership. Membership is the set of live sidecars registered in etcd; start or stop a sidecar to change it"
+        ))),
+        "miner_setMaxDASize" => set_max_da_size(s, p, forwarded).await,
         "conductor_leaderWithID" => {
             let () = no_params(p)?;
             let leader = s.election.leader().await.map_err(etcd)?;
@@ -165,7 +231,7 @@ pub async fn call(
         "conductor_active" => {
             let () = no_params(p)?;
             let st = s.status.borrow();
-            ok(!st.paused && !st.shutting_down)
+            ok(!st.paused && !st.stopped && !st.shutting_down)
         }
         "conductor_paused" => {
             let () = no_params(p)?;
@@ -173,7 +239,15 @@ pub async fn call(
         }
         "conductor_stopped" => {
             let () = no_params(p)?;
-            ok(s.status.borrow().shutting_down)
+            let st = s.status.borrow();
+            ok(st.stopped || st.shutting_down)
+        }
+        "conductor_stop" => {
+            let () = no_params(p)?;
+            let (tx, rx) = oneshot::channel();
+            s.commands.send(Command::Stop(tx)).await.map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
+            rx.await.map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
+            Ok(raw_null())
         }
         "conductor_sequencerHealthy" => {
             let () = no_params(p)?;
@@ -229,7 +303,89 @@ async fn set_paused(s: &Shared, paused: bool) -> Result<(), RpcError> {
         .await
         .map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
     rx.await
-        .map_err(|_| RpcError::Server("sidecar is shutting down".into()))
+        .map_err(|_| RpcError::Server("sidecar is shutting down".into()))?
+        .map_err(RpcError::Server)
+}
+
+/// The fence: commits only under a locally valid leadership, in one etcd Txn guarded by the
+/// epoch. With the operator's leader override the block passes unfenced (logged).
+async fn commit_unsafe_payload(s: &Shared, envelope: &RawValue) -> Result<Box<RawValue>, RpcError> {
+    let Some(l) = s.leader_now() else {
+        if s.leader_override.load(Ordering::SeqCst) {
+            tracing::warn!("leader overridden: accepting a block without fencing");
+            return Ok(raw_null());
+        }
+        s.metrics.action("commit", "not_leader");
+        return Err(RpcError::Server(CommitError::NotLeader.to_string()));
+    };
+    match s
+        .committer
+        .commit(&s.election, &l, &s.config.server_id, envelope)
+        .await
+    {
+        Ok(meta) => {
+            s.metrics.action("commit", "ok");
+            tracing::debug!(number = meta.number, hash = %meta.hash, "block committed");
+            Ok(raw_null())
+        }
+        Err(CommitError::Invalid(m)) => Err(RpcError::InvalidParams(m)),
+        Err(e) => {
+            s.metrics.action("commit", "refused");
+            tracing::warn!(error = %e, "commit refused");
+            Err(RpcError::Server(e.to_string()))
+        }
+    }
+}
+
+/// op-batcher's DA throttle: every node's own op-geth must get it (op-conductor learned this the
+/// hard way), so a call from outside is applied locally and fanned out to the other sidecars.
+async fn set_max_da_size(
+    s: &Shared,
+    p: Option<&RawValue>,
+    forwarded: bool,
+) -> Result<Box<RawValue>, RpcError> {
+    let params = raw_params(p);
+    let timeout = std::time::Duration::from_secs(5);
+    let local = s
+        .http
+        .call_raw(
+            &s.config.execution_rpc,
+            "miner_setMaxDASize",
+            &params,
+            timeout,
+        )
+        .await;
+    if !forwarded {
+        if let Ok(view) = cluster::read_view(&s.election).await {
+            let peers: Vec<_> = view
+                .members
+                .values()
+                .filter(|m| m.id != s.config.server_id)
+                .map(|m| m.rpc.clone())
+                .collect();
+            let calls = peers.iter().map(|url| {
+                s.http.call_raw_with(
+                    url,
+                    "miner_setMaxDASize",
+                    &params,
+                    &[(FORWARDED, "1")],
+                    timeout,
+                )
+            });
+            for (url, r) in peers
+                .iter()
+                .zip(futures_util::future::join_all(calls).await)
+            {
+                if let Err(e) = r {
+                    tracing::warn!(peer = %url, error = %e, "could not forward miner_setMaxDASize");
+                }
+            }
+        }
+    }
+    local.map_err(|e| match e {
+        CallError::Rpc(obj) => RpcError::Upstream(obj),
+        other => RpcError::Server(format!("op-geth: {other}")),
+    })
 }
 
 #[cfg(test)]
