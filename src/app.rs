@@ -604,6 +604,18 @@ impl Controller {
         let Some(v) = view else { return };
         if let Some(leader) = &v.leader {
             self.no_leader_since = None;
+            let my_lease = self.s.lease.borrow().map(|l| l.id);
+            if my_lease == Some(leader.lease) {
+                // Our own key, but we are not leading: we stepped down while etcd was out of
+                // reach and it kept (or, after a restart, extended) our lease. Nobody else can
+                // take the key while our keepalives run, so release it.
+                let stale = Leadership { key: leader.key.clone(), epoch: leader.epoch, lease: leader.lease };
+                match self.s.election.resign(&stale, vec![]).await {
+                    Ok(_) => tracing::warn!(epoch = leader.epoch, "released a leader key left over from an earlier leadership"),
+                    Err(e) => tracing::warn!(error = %e, "could not release a leftover leader key"),
+                }
+                return;
+            }
             if leader.id != self.me() {
                 self.last_leader = Some((
                     leader.id.clone(),

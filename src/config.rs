@@ -794,6 +794,16 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar/op-sidecar.toml");
+        let c = parse(&["--config", path]).expect("sidecar/op-sidecar.toml must stay valid");
+        assert_eq!(c.server_id, "sequencer-a");
+        assert_eq!(c.etcd_endpoints.len(), 3);
+        assert_eq!(c.health.min_peer_count, 2);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
     fn paused_flag_forms() {
         assert!(parse(&with(&["--paused"])).expect("valid").paused);
         assert!(!parse(&with(&["--paused=false"])).expect("valid").paused);
