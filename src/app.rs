@@ -329,6 +329,9 @@ struct Controller {
     last_member: Option<(i64, MemberRecord)>,
     recorded: Option<BlockId>,
     warned_unhealthy_keep: bool,
+    /// When the current leadership began sequencing; health-driven handover waits out a grace
+    /// period from here, because right after a halt our own head is stale too.
+    leading_since: Option<Instant>,
 }
 
 impl Controller {
@@ -354,6 +357,7 @@ impl Controller {
             last_member: None,
             recorded: None,
             warned_unhealthy_keep: false,
+            leading_since: None,
         }
     }
 
@@ -499,7 +503,10 @@ impl Controller {
                     return self.step_down(&why, Exit::Resign).await;
                 }
             }
-            if !health.healthy && !v.election_stopped {
+            let settled = self
+                .leading_since
+                .is_some_and(|t| t.elapsed() >= self.health_grace());
+            if !health.healthy && !v.election_stopped && settled {
                 if let Some(target) = best_candidate(v, self.me(), health.head.as_ref()) {
                     let t = TransferRecord {
                         target: target.clone(),
@@ -573,6 +580,13 @@ impl Controller {
         }
     }
 
+    /// Long enough for a new leader's first blocks to make its head fresh and for the health
+    /// filter to see it.
+    fn health_grace(&self) -> Duration {
+        let h = &self.s.config.health;
+        h.unsafe_interval + h.interval * (h.failures + h.successes)
+    }
+
     fn transfer_window(&self) -> Duration {
         self.s.config.catchup_timeout + self.s.config.lease_ttl * 2
     }
@@ -609,9 +623,16 @@ impl Controller {
                 // Our own key, but we are not leading: we stepped down while etcd was out of
                 // reach and it kept (or, after a restart, extended) our lease. Nobody else can
                 // take the key while our keepalives run, so release it.
-                let stale = Leadership { key: leader.key.clone(), epoch: leader.epoch, lease: leader.lease };
+                let stale = Leadership {
+                    key: leader.key.clone(),
+                    epoch: leader.epoch,
+                    lease: leader.lease,
+                };
                 match self.s.election.resign(&stale, vec![]).await {
-                    Ok(_) => tracing::warn!(epoch = leader.epoch, "released a leader key left over from an earlier leadership"),
+                    Ok(_) => tracing::warn!(
+                        epoch = leader.epoch,
+                        "released a leader key left over from an earlier leadership"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "could not release a leftover leader key"),
                 }
                 return;
@@ -644,8 +665,10 @@ impl Controller {
         }
         // A stale head alone must not keep a reachable node out when nobody leads: then every
         // head is stale. Fresh candidates get one TTL's head start.
+        let named = v.pending_transfer().is_some_and(|t| t.target == self.me());
         let eligible = health.healthy
-            || (health.only_stale() && now.duration_since(since) >= self.s.config.lease_ttl);
+            || (health.only_stale()
+                && (named || now.duration_since(since) >= self.s.config.lease_ttl));
         if !eligible {
             return;
         }
@@ -954,6 +977,7 @@ impl Controller {
             }
         }
         self.publish(|s| s.leading = None);
+        self.leading_since = None;
         self.s.committer.reset().await;
         self.recorded = None;
         if exit == Exit::GiveWay {
@@ -1011,6 +1035,7 @@ impl Controller {
             rpc: self.s.config.rpc_advertise.clone(),
             node: self.s.config.node_advertise.clone(),
             healthy: health.healthy,
+            only_stale: health.only_stale(),
             paused: st.paused,
             active: st.node_active.unwrap_or(false),
             head: health.head.clone(),
@@ -1030,8 +1055,10 @@ impl Controller {
     }
 }
 
-/// The healthy, unpaused member with the highest head that is at most one block behind the
-/// reference head (ours or the recorded one), excluding `me`.
+/// Who an unhealthy leader hands over to: an unpaused member at most one block behind the
+/// reference head (ours or the recorded one), excluding `me`. Healthy members first; then members
+/// whose only problem is a stale head, because when the leader stops producing every follower's
+/// head goes stale too, and refusing them would halt the chain (L2). Among equals, the highest head.
 pub fn best_candidate(view: &View, me: &str, my_head: Option<&BlockId>) -> Option<String> {
     let reference = my_head
         .map(|b| b.number)
@@ -1041,11 +1068,11 @@ pub fn best_candidate(view: &View, me: &str, my_head: Option<&BlockId>) -> Optio
         .unwrap_or(0);
     view.members
         .values()
-        .filter(|m| m.id != me && m.healthy && !m.paused)
-        .filter_map(|m| m.head.as_ref().map(|h| (h.number, m.id.clone())))
-        .filter(|(n, _)| n + 1 >= reference)
+        .filter(|m| m.id != me && !m.paused && (m.healthy || m.only_stale))
+        .filter_map(|m| m.head.as_ref().map(|h| (m.healthy, h.number, m.id.clone())))
+        .filter(|(_, n, _)| n + 1 >= reference)
         .max()
-        .map(|(_, id)| id)
+        .map(|(_, _, id)| id)
 }
 
 #[cfg(test)]
@@ -1058,6 +1085,7 @@ mod tests {
             rpc: String::new(),
             node: String::new(),
             healthy,
+            only_stale: !healthy,
             paused: false,
             active: false,
             head: Some(BlockId {
@@ -1086,10 +1114,42 @@ mod tests {
         assert_eq!(best_candidate(&v, "me", Some(&head)), Some("a".into()));
         assert_eq!(best_candidate(&v, "a", Some(&head)), Some("d".into()));
         v.members.remove("d");
+        v.members.get_mut("b").expect("b").only_stale = false;
         assert_eq!(
             best_candidate(&v, "a", Some(&head)),
             None,
-            "b unhealthy, c three blocks behind"
+            "b unreachable, c three blocks behind"
+        );
+    }
+
+    #[test]
+    fn stale_but_caught_up_member_is_a_candidate_when_no_one_is_healthy() {
+        // The leader stalled: every follower's head is as old as the leader's.
+        let mut v = View::default();
+        for m in [
+            member("a", false, 10),
+            member("b", false, 10),
+            member("c", true, 6),
+        ] {
+            v.members.insert(m.id.clone(), m);
+        }
+        let head = BlockId {
+            number: 10,
+            hash: "0xa".into(),
+        };
+        assert_eq!(best_candidate(&v, "a", Some(&head)), Some("b".into()));
+        v.members.get_mut("b").expect("b").only_stale = false;
+        assert_eq!(
+            best_candidate(&v, "a", Some(&head)),
+            None,
+            "an unreachable node is never a candidate"
+        );
+        v.members.insert("d".into(), member("d", true, 9));
+        v.members.get_mut("b").expect("b").only_stale = true;
+        assert_eq!(
+            best_candidate(&v, "a", Some(&head)),
+            Some("d".into()),
+            "healthy beats stale"
         );
     }
 }

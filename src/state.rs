@@ -112,6 +112,10 @@ pub struct MemberRecord {
     /// The op-node admin URL.
     pub node: String,
     pub healthy: bool,
+    /// The latest check failed only because the unsafe head is old (true of every node while
+    /// the chain is halted).
+    #[serde(default)]
+    pub only_stale: bool,
     pub paused: bool,
     /// Whether its op-node reported an active sequencer at the last check.
     pub active: bool,

@@ -1,0 +1,323 @@
+//! The cluster fixture: one etcd, the in-process op-node simulator with `n` nodes, and `n` real
+//! sidecars (sidecar `i` is `seq-i` and manages simulated node `i`), optionally each behind its
+//! own TCP proxy to etcd so one can be partitioned.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{etcd, rpc, unique, wait_until, Etcd, Sidecar, SidecarBuilder, TcpProxy};
+
+/// How long the one-active-sequencer condition must hold before it counts as settled.
+const STABLE_FOR: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct FixtureOpts {
+    /// Put a [`TcpProxy`] between each sidecar and etcd.
+    pub etcd_proxy: bool,
+    /// Extra `(flag, value)` pairs for every sidecar (replacing defaults of the same name).
+    pub flags: Vec<(String, String)>,
+    pub block_time: Duration,
+}
+
+impl Default for FixtureOpts {
+    fn default() -> Self {
+        Self {
+            etcd_proxy: false,
+            flags: Vec::new(),
+            block_time: Duration::from_secs(1),
+        }
+    }
+}
+
+impl FixtureOpts {
+    pub fn with_proxy(mut self) -> Self {
+        self.etcd_proxy = true;
+        self
+    }
+
+    pub fn flag(mut self, name: &str, value: &str) -> Self {
+        self.flags.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+pub struct Fixture {
+    // Field order is drop order: sidecars die before the simulator and etcd they talk to.
+    pub sidecars: Vec<Sidecar>,
+    pub proxies: Vec<Option<TcpProxy>>,
+    pub sim: op_node_sim::Cluster,
+    pub etcd: Etcd,
+    pub prefix: String,
+}
+
+impl Fixture {
+    /// Starts etcd, the simulator with `n` nodes and `n` sidecars; does not wait for a leader.
+    pub async fn start(n: usize, opts: FixtureOpts) -> Self {
+        let etcd = Etcd::start().await;
+        let sim = op_node_sim::Cluster::start(op_node_sim::ClusterConfig {
+            nodes: n,
+            block_time: opts.block_time,
+            ..Default::default()
+        })
+        .await
+        .expect("start the op-node simulator");
+        let prefix = format!("/op-sidecar/{}", unique("t"));
+        let mut proxies = Vec::with_capacity(n);
+        for _ in 0..n {
+            proxies.push(if opts.etcd_proxy {
+                Some(TcpProxy::start(&etcd.client_url()).await)
+            } else {
+                None
+            });
+        }
+        let mut sidecars = Vec::with_capacity(n);
+        for (i, proxy) in proxies.iter().enumerate() {
+            let endpoints = proxy
+                .as_ref()
+                .map_or_else(|| etcd.client_url(), TcpProxy::url);
+            let node = sim.node(i);
+            let mut b = SidecarBuilder::new(
+                &Self::id(i),
+                &node.node_url(),
+                &node.geth_url(),
+                &endpoints,
+                &prefix,
+            );
+            for (name, value) in &opts.flags {
+                b = b.flag(name, value);
+            }
+            sidecars.push(b.start().await);
+        }
+        Self {
+            sidecars,
+            proxies,
+            sim,
+            etcd,
+            prefix,
+        }
+    }
+
+    /// Sidecar id for index `i`.
+    pub fn id(i: usize) -> String {
+        format!("seq-{i}")
+    }
+
+    /// Index for a sidecar id (`seq-i`).
+    pub fn index_of(id: &str) -> usize {
+        id.strip_prefix("seq-")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected sidecar id {id:?}"))
+    }
+
+    pub fn n(&self) -> usize {
+        self.sidecars.len()
+    }
+
+    pub fn node(&self, i: usize) -> &op_node_sim::NodeHandle {
+        self.sim.node(i)
+    }
+
+    pub fn sidecar(&mut self, i: usize) -> &mut Sidecar {
+        &mut self.sidecars[i]
+    }
+
+    pub fn proxy(&self, i: usize) -> &TcpProxy {
+        self.proxies[i]
+            .as_ref()
+            .expect("fixture started without etcd proxies (FixtureOpts::with_proxy)")
+    }
+
+    /// Whether sidecar `i` can answer from etcd state: running, not SIGSTOPped and not cut off
+    /// from etcd by its proxy (a partitioned sidecar may only have a stale view).
+    fn is_live(&mut self, i: usize) -> bool {
+        let cut = self.proxies[i]
+            .as_ref()
+            .is_some_and(TcpProxy::is_partitioned);
+        !cut && self.sidecars[i].is_responsive()
+    }
+
+    /// `(id, url)` of the sidecars that can answer.
+    fn live(&mut self) -> Vec<(String, String)> {
+        let live: Vec<usize> = (0..self.n()).filter(|&i| self.is_live(i)).collect();
+        live.into_iter()
+            .map(|i| (Self::id(i), self.sidecars[i].url()))
+            .collect()
+    }
+
+    /// URLs of sidecars that can answer (running, not SIGSTOPped, not partitioned).
+    pub fn live_urls(&mut self) -> Vec<String> {
+        self.live().into_iter().map(|(_, url)| url).collect()
+    }
+
+    /// Calls `method` on the first live sidecar that gives a JSON-RPC answer.
+    pub async fn rpc_any(&mut self, method: &str, params: Value) -> Result<Value, rpc::RpcError> {
+        let mut last = None;
+        for url in self.live_urls() {
+            match rpc::rpc(&url, method, params.clone()).await {
+                Err(e) if e.is_transport() => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| rpc::RpcError {
+            code: rpc::RpcError::TRANSPORT,
+            message: "no live sidecar".into(),
+        }))
+    }
+
+    /// `coordinator_getMaster` as answered by any live sidecar; `None` for null or no answer.
+    pub async fn leader_id(&mut self) -> Option<String> {
+        match self.rpc_any("coordinator_getMaster", json!([])).await {
+            Ok(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `coordinator_getMaster` from every live sidecar (they must agree once settled).
+    pub async fn leader_views(&mut self) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        for (id, url) in self.live() {
+            let v = rpc::rpc(&url, "coordinator_getMaster", json!([])).await;
+            out.push((id, v.ok().and_then(|v| v.as_str().map(str::to_string))));
+        }
+        out
+    }
+
+    /// Indexes of simulated nodes that are sequencing now.
+    pub fn active_indexes(&self) -> Vec<usize> {
+        self.sim
+            .active_nodes()
+            .iter()
+            .map(|name| self.node_index(name))
+            .collect()
+    }
+
+    fn node_index(&self, name: &str) -> usize {
+        (0..self.n())
+            .find(|&i| self.node(i).name() == name)
+            .unwrap_or_else(|| panic!("simulator reports unknown active node {name:?}"))
+    }
+
+    /// One settled observation: exactly one node active and getMaster names its sidecar.
+    async fn single_active_now(&mut self) -> Option<usize> {
+        let active = self.active_indexes();
+        if active.len() != 1 {
+            return None;
+        }
+        let leader = self.leader_id().await?;
+        (leader == Self::id(active[0])).then_some(active[0])
+    }
+
+    /// Waits until exactly one node is active, it is the leader's, and that holds for ~2 s.
+    /// Returns the leader's index.
+    pub async fn wait_single_active(&mut self, timeout: Duration) -> usize {
+        self.wait_single_active_where(
+            timeout,
+            "exactly one active sequencer matching getMaster",
+            |_| true,
+        )
+        .await
+    }
+
+    /// Like [`Fixture::wait_single_active`], but the leader must not be `old`.
+    pub async fn wait_new_leader(&mut self, old: usize, timeout: Duration) -> usize {
+        let what = format!("a single active sequencer other than {}", Self::id(old));
+        self.wait_single_active_where(timeout, &what, |i| i != old)
+            .await
+    }
+
+    pub async fn wait_single_active_where(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        accept: impl Fn(usize) -> bool,
+    ) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut since: Option<(usize, tokio::time::Instant)> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            match self.single_active_now().await.filter(|&i| accept(i)) {
+                Some(i) => match since {
+                    Some((j, t)) if j == i => {
+                        if now.duration_since(t) >= STABLE_FOR {
+                            return i;
+                        }
+                    }
+                    _ => since = Some((i, now)),
+                },
+                None => since = None,
+            }
+            if now >= deadline {
+                let views = self.leader_views().await;
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; active nodes {:?}, getMaster views {views:?}\n{}",
+                    self.sim.active_nodes(),
+                    self.sim.check()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts the simulator saw no two blocks at one height and no rewind.
+    pub fn assert_invariants(&self) {
+        let report = self.sim.check();
+        assert!(report.is_clean(), "chain invariants violated:\n{report}");
+    }
+
+    /// Highest unsafe head number over all simulated nodes.
+    pub fn chain_height(&self) -> u64 {
+        (0..self.n())
+            .map(|i| self.node(i).head().number)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Waits until some node's head is at least 3 blocks above the height when called.
+    pub async fn assert_chain_progresses(&self) {
+        let from = self.chain_height();
+        self.assert_chain_passes(from + 3).await;
+    }
+
+    /// Waits (30 s) until some node's head reaches `height`.
+    pub async fn assert_chain_passes(&self, height: u64) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("the chain to reach height {height}"),
+            || async { self.chain_height() >= height },
+        )
+        .await;
+    }
+
+    /// Full key for a suffix under the prefix (`"stopped"` -> `<prefix>/stopped`).
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}/{}", self.prefix, suffix)
+    }
+
+    /// Value of `<prefix>/<suffix>` read with etcdctl, parsed as JSON.
+    pub fn etcd_json(&self, suffix: &str) -> Option<Value> {
+        let raw = etcd::get_value(&self.etcd.client_url(), &self.key(suffix))?;
+        Some(
+            serde_json::from_str(&raw)
+                .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {raw}", self.key(suffix))),
+        )
+    }
+
+    /// The `members/<id>` record of sidecar `i`, if present.
+    pub fn member(&self, i: usize) -> Option<Value> {
+        self.etcd_json(&format!("members/{}", Self::id(i)))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- fixture {}: simulator report -----\n{}\nactive nodes: {:?}\n-----",
+                self.prefix,
+                self.sim.check(),
+                self.sim.active_nodes()
+            );
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! A minimal JSON-RPC 2.0 client over HTTP/1.1 (one hyper connection per call) with a timeout.
+
+use std::fmt;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+/// Default per-call timeout; long enough for a loaded 2-core machine, short enough to notice a hang.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `code` is the JSON-RPC error code, or [`RpcError::TRANSPORT`] when no JSON-RPC answer came back
+/// (connection refused, timeout, HTTP error, unparsable body).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub const TRANSPORT: i64 = i64::MIN;
+
+    fn transport(message: impl Into<String>) -> Self {
+        Self {
+            code: Self::TRANSPORT,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_transport(&self) -> bool {
+        self.code == Self::TRANSPORT
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_transport() {
+            write!(f, "transport error: {}", self.message)
+        } else {
+            write!(f, "JSON-RPC error {}: {}", self.code, self.message)
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// Calls `method` with `params` at `url` with [`DEFAULT_TIMEOUT`].
+pub async fn rpc(url: &str, method: &str, params: Value) -> Result<Value, RpcError> {
+    rpc_timeout(url, method, params, DEFAULT_TIMEOUT).await
+}
+
+/// Calls `method` with `params` at `url`, giving up after `timeout`.
+pub async fn rpc_timeout(
+    url: &str,
+    method: &str,
+    params: Value,
+    timeout: Duration,
+) -> Result<Value, RpcError> {
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let body = serde_json::to_vec(&req).expect("serialize request");
+    let (status, bytes) = post(url, body, timeout)
+        .await
+        .map_err(RpcError::transport)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        RpcError::transport(format!(
+            "HTTP {status}, body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        ))
+    })?;
+    if let Some(err) = v.get("error") {
+        return Err(RpcError {
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        });
+    }
+    match v.get("result") {
+        Some(r) => Ok(r.clone()),
+        None => Err(RpcError::transport(format!(
+            "HTTP {status}, answer has neither result nor error: {v}"
+        ))),
+    }
+}
+
+/// POSTs raw bytes to `url` (content-type application/json); returns status and body text.
+/// Panics on a transport failure: malformed-request tests expect an HTTP answer.
+pub async fn raw_post(url: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
+    match post(url, body.into(), DEFAULT_TIMEOUT).await {
+        Ok((status, bytes)) => (status, String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// `http://host:port/path` -> (`host:port`, `/path`).
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
+    Ok(match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    })
+}
+
+/// POSTs `body` to `url`; `Err` only when no HTTP answer came back within `timeout`.
+pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, Bytes), String> {
+    let (authority, path) = split_url(url)?;
+    let call = async {
+        let stream = TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake {authority}: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("build request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("send to {authority}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("read body from {authority}: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, bytes))
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer from {url} within {timeout:?}")),
+    }
+}
