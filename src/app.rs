@@ -693,6 +693,7 @@ impl Controller {
         });
         match self.handover(&l, view).await {
             Ok(head) => {
+                self.leading_since = Some(Instant::now());
                 self.s
                     .metrics
                     .handover_seconds

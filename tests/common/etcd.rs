@@ -444,3 +444,91 @@ pub fn etcdctl_observe_election(
     let _ = child.wait();
     lines
 }
+
+// === history (etcd keeps every revision until compaction, which these tests never run) ===
+
+async fn client(endpoint: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap_or_else(|e| panic!("connect an etcd client to {endpoint}: {e}"))
+}
+
+/// Every value `key` ever held, oldest first, as `(mod_revision, value)`: walks back from the
+/// current version one `mod_revision - 1` read at a time (one read per version).
+pub async fn key_versions(endpoint: &str, key: &str) -> Vec<(i64, String)> {
+    use etcd_client::GetOptions;
+    let mut c = client(endpoint).await;
+    let mut out = Vec::new();
+    let mut rev = 0i64; // 0 = the current revision
+    loop {
+        let opts = (rev > 0).then(|| GetOptions::new().with_revision(rev));
+        let resp = c
+            .get(key, opts)
+            .await
+            .unwrap_or_else(|e| panic!("etcd get {key} at revision {rev}: {e}"));
+        let Some(kv) = resp.kvs().first() else { break };
+        out.push((
+            kv.mod_revision(),
+            String::from_utf8_lossy(kv.value()).into_owned(),
+        ));
+        // The version before this one is whatever the key held one revision earlier.
+        rev = kv.mod_revision() - 1;
+        if rev < 1 {
+            break;
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Values of `keys` read at one etcd revision (`None` where absent).
+pub async fn get_consistent(endpoint: &str, keys: &[&str]) -> Vec<Option<String>> {
+    use etcd_client::GetOptions;
+    let mut c = client(endpoint).await;
+    let mut out = Vec::with_capacity(keys.len());
+    let mut rev = 0i64;
+    for key in keys {
+        let opts = (rev > 0).then(|| GetOptions::new().with_revision(rev));
+        let resp = c
+            .get(*key, opts)
+            .await
+            .unwrap_or_else(|e| panic!("etcd get {key}: {e}"));
+        if rev == 0 {
+            rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        out.push(
+            resp.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        );
+    }
+    out
+}
+
+/// The first key put under `prefix` in etcd's whole history, as `(key, value)`; `None` if
+/// nothing was ever put there (waits at most `timeout` for the history to arrive).
+pub async fn first_put(endpoint: &str, prefix: &str, timeout: Duration) -> Option<(String, String)> {
+    use etcd_client::{EventType, WatchOptions};
+    let mut c = client(endpoint).await;
+    let opts = WatchOptions::new().with_start_revision(1).with_prefix();
+    let mut stream = c
+        .watch(prefix, Some(opts))
+        .await
+        .unwrap_or_else(|e| panic!("etcd watch {prefix} from revision 1: {e}"));
+    let read = async {
+        while let Ok(Some(resp)) = stream.message().await {
+            for ev in resp.events() {
+                if ev.event_type() == EventType::Put {
+                    if let Some(kv) = ev.kv() {
+                        return Some((
+                            String::from_utf8_lossy(kv.key()).into_owned(),
+                            String::from_utf8_lossy(kv.value()).into_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}

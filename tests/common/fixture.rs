@@ -1,6 +1,14 @@
 //! The cluster fixture: one etcd, the in-process op-node simulator with `n` nodes, and `n` real
 //! sidecars (sidecar `i` is `seq-i` and manages simulated node `i`), optionally each behind its
 //! own TCP proxy to etcd so one can be partitioned.
+//!
+//! Two modes, as in production: sidecar-driven (default; op-node runs `--sequencer.stopped` and
+//! only the sidecar starts and stops it) and conductor mode ([`FixtureOpts::conductor`]: each
+//! simulated op-node runs `--conductor.enabled --conductor.rpc <its own sidecar's RPC URL>`, asks
+//! `conductor_leader` inside `admin_startSequencer` and commits every sealed block through
+//! `conductor_commitUnsafePayload` before inserting or gossiping it). In conductor mode the
+//! sidecars' RPC ports are chosen before any sidecar starts, so every node knows its conductor
+//! from the first moment a sidecar could lead.
 
 use std::time::Duration;
 
@@ -18,6 +26,8 @@ pub struct FixtureOpts {
     /// Extra `(flag, value)` pairs for every sidecar (replacing defaults of the same name).
     pub flags: Vec<(String, String)>,
     pub block_time: Duration,
+    /// Conductor mode: node `i`'s conductor is sidecar `i`.
+    pub conductor: bool,
 }
 
 impl Default for FixtureOpts {
@@ -26,11 +36,20 @@ impl Default for FixtureOpts {
             etcd_proxy: false,
             flags: Vec::new(),
             block_time: Duration::from_secs(1),
+            conductor: false,
         }
     }
 }
 
 impl FixtureOpts {
+    /// Defaults, in conductor mode.
+    pub fn conductor() -> Self {
+        Self {
+            conductor: true,
+            ..Self::default()
+        }
+    }
+
     pub fn with_proxy(mut self) -> Self {
         self.etcd_proxy = true;
         self
@@ -44,20 +63,44 @@ impl FixtureOpts {
 
 pub struct Fixture {
     // Field order is drop order: sidecars die before the simulator and etcd they talk to.
+    /// Index-aligned with the simulated nodes once [`Fixture::start_sidecars`] ran; empty before.
     pub sidecars: Vec<Sidecar>,
     pub proxies: Vec<Option<TcpProxy>>,
     pub sim: op_node_sim::Cluster,
     pub etcd: Etcd,
     pub prefix: String,
+    opts: FixtureOpts,
+    /// Conductor mode: the RPC port reserved for sidecar `i` (node `i`'s conductor URL).
+    rpc_ports: Vec<Option<u16>>,
 }
 
 impl Fixture {
     /// Starts etcd, the simulator with `n` nodes and `n` sidecars; does not wait for a leader.
     pub async fn start(n: usize, opts: FixtureOpts) -> Self {
+        let mut f = Self::start_without_sidecars(n, opts).await;
+        f.start_sidecars().await;
+        f
+    }
+
+    /// Starts etcd, the proxies and the simulator (every sequencer stopped; in conductor mode
+    /// each node already points at the URL its sidecar will serve), but no sidecar yet: for
+    /// scenarios that act on the chain before the sidecars exist. Then [`Fixture::start_sidecars`].
+    pub async fn start_without_sidecars(n: usize, opts: FixtureOpts) -> Self {
         let etcd = Etcd::start().await;
+        let rpc_ports: Vec<Option<u16>> = (0..n)
+            .map(|_| opts.conductor.then(super::free_port))
+            .collect();
+        let node_configs = rpc_ports
+            .iter()
+            .map(|p| op_node_sim::NodeConfig {
+                conductor_rpc: p.map(sidecar_url),
+                coordinator: None,
+            })
+            .collect();
         let sim = op_node_sim::Cluster::start(op_node_sim::ClusterConfig {
             nodes: n,
             block_time: opts.block_time,
+            node_configs,
             ..Default::default()
         })
         .await
@@ -71,31 +114,72 @@ impl Fixture {
                 None
             });
         }
-        let mut sidecars = Vec::with_capacity(n);
-        for (i, proxy) in proxies.iter().enumerate() {
-            let endpoints = proxy
+        Self {
+            sidecars: Vec::new(),
+            proxies,
+            sim,
+            etcd,
+            prefix,
+            opts,
+            rpc_ports,
+        }
+    }
+
+    /// Starts sidecar `i` for every node, in index order.
+    pub async fn start_sidecars(&mut self) {
+        let order: Vec<usize> = (0..self.n()).collect();
+        self.start_sidecars_in(&order).await;
+    }
+
+    /// Starts one sidecar per node in the given order (a permutation of `0..n`).
+    pub async fn start_sidecars_in(&mut self, order: &[usize]) {
+        assert!(self.sidecars.is_empty(), "sidecars already started");
+        let mut sorted = order.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..self.n()).collect::<Vec<_>>(),
+            "start order must name every node once"
+        );
+        let mut started: Vec<Option<Sidecar>> = (0..self.n()).map(|_| None).collect();
+        for &i in order {
+            let endpoints = self.proxies[i]
                 .as_ref()
-                .map_or_else(|| etcd.client_url(), TcpProxy::url);
-            let node = sim.node(i);
+                .map_or_else(|| self.etcd.client_url(), TcpProxy::url);
+            let node = self.sim.node(i);
             let mut b = SidecarBuilder::new(
                 &Self::id(i),
                 &node.node_url(),
                 &node.geth_url(),
                 &endpoints,
-                &prefix,
+                &self.prefix,
             );
-            for (name, value) in &opts.flags {
+            if let Some(port) = self.rpc_ports[i] {
+                b = b.rpc_port(port);
+            }
+            for (name, value) in &self.opts.flags {
                 b = b.flag(name, value);
             }
-            sidecars.push(b.start().await);
+            let sc = b.start().await;
+            if let Some(port) = self.rpc_ports[i] {
+                if sc.url() != sidecar_url(port) {
+                    // The reserved port was taken meanwhile; the sidecar runs elsewhere. Until
+                    // this line the node's commits and leader checks fail, which is safe.
+                    node.set_conductor(Some(sc.url()));
+                    self.rpc_ports[i] = sc.url().rsplit(':').next().and_then(|p| p.parse().ok());
+                }
+            }
+            started[i] = Some(sc);
         }
-        Self {
-            sidecars,
-            proxies,
-            sim,
-            etcd,
-            prefix,
-        }
+        self.sidecars = started
+            .into_iter()
+            .map(|s| s.expect("every sidecar started"))
+            .collect();
+    }
+
+    /// Whether the nodes run in conductor mode.
+    pub fn conductor_mode(&self) -> bool {
+        self.opts.conductor
     }
 
     /// Sidecar id for index `i`.
@@ -110,8 +194,9 @@ impl Fixture {
             .unwrap_or_else(|| panic!("unexpected sidecar id {id:?}"))
     }
 
+    /// Number of simulated nodes (and of sidecars once started).
     pub fn n(&self) -> usize {
-        self.sidecars.len()
+        self.sim.nodes().len()
     }
 
     pub fn node(&self, i: usize) -> &op_node_sim::NodeHandle {
@@ -139,7 +224,9 @@ impl Fixture {
 
     /// `(id, url)` of the sidecars that can answer.
     fn live(&mut self) -> Vec<(String, String)> {
-        let live: Vec<usize> = (0..self.n()).filter(|&i| self.is_live(i)).collect();
+        let live: Vec<usize> = (0..self.sidecars.len())
+            .filter(|&i| self.is_live(i))
+            .collect();
         live.into_iter()
             .map(|i| (Self::id(i), self.sidecars[i].url()))
             .collect()
@@ -307,6 +394,117 @@ impl Fixture {
     pub fn member(&self, i: usize) -> Option<Value> {
         self.etcd_json(&format!("members/{}", Self::id(i)))
     }
+
+    // === conductor mode ===
+
+    /// Waits until every live sidecar names the same leader `seq-i` (with `accept(i)`), node `i`
+    /// is sequencing and seals at least two more blocks while that holds: the leader's commits
+    /// go through. Unlike [`Fixture::wait_single_active`] it tolerates other nodes that are
+    /// still active but fenced off (a frozen sidecar cannot stop its node; in conductor mode
+    /// that node's commits fail, so it publishes nothing). Returns `i`.
+    pub async fn wait_leader_producing_where(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        accept: impl Fn(usize) -> bool,
+    ) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut since: Option<(usize, u64)> = None;
+        loop {
+            let views = self.leader_views().await;
+            let first = views.first().and_then(|(_, v)| v.clone());
+            let agreed = first.filter(|id| {
+                views
+                    .iter()
+                    .all(|(_, v)| v.as_deref() == Some(id.as_str()))
+            });
+            let leader = agreed
+                .map(|id| Self::index_of(&id))
+                .filter(|&i| accept(i) && self.node(i).is_active());
+            match leader {
+                Some(i) => {
+                    let produced = self.node(i).blocks_produced();
+                    match since {
+                        Some((j, p0)) if j == i => {
+                            if produced >= p0 + 2 {
+                                return i;
+                            }
+                        }
+                        _ => since = Some((i, produced)),
+                    }
+                }
+                None => since = None,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; active nodes {:?}, getMaster views {views:?}, blocks produced {:?}\n{}",
+                    self.sim.active_nodes(),
+                    (0..self.n()).map(|i| self.node(i).blocks_produced()).collect::<Vec<_>>(),
+                    self.sim.check()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// [`Fixture::wait_leader_producing_where`] for any leader.
+    pub async fn wait_leader_producing(&mut self, timeout: Duration) -> usize {
+        self.wait_leader_producing_where(timeout, "a leader whose node produces blocks", |_| true)
+            .await
+    }
+
+    /// [`Fixture::wait_leader_producing_where`] for a leader other than `old`.
+    pub async fn wait_new_leader_producing(&mut self, old: usize, timeout: Duration) -> usize {
+        let what = format!(
+            "a leader other than {} whose node produces blocks",
+            Self::id(old)
+        );
+        self.wait_leader_producing_where(timeout, &what, |i| i != old)
+            .await
+    }
+
+    /// `<prefix>/head` and `<prefix>/payload` read at one etcd revision (they are written by
+    /// one Txn, so they describe the same block), parsed as JSON.
+    pub async fn head_and_payload(&self) -> (Option<Value>, Option<Value>) {
+        let (head, payload) = (self.key("head"), self.key("payload"));
+        let vals = etcd::get_consistent(&self.etcd.client_url(), &[&head, &payload]).await;
+        let parse = |key: &str, v: &Option<String>| {
+            v.as_ref().map(|raw| {
+                serde_json::from_str(raw)
+                    .unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {raw}"))
+            })
+        };
+        (parse(&head, &vals[0]), parse(&payload, &vals[1]))
+    }
+
+    /// Every `<prefix>/head` record ever written, oldest first (etcd's history of the key).
+    pub async fn head_history(&self) -> Vec<Value> {
+        etcd::key_versions(&self.etcd.client_url(), &self.key("head"))
+            .await
+            .into_iter()
+            .map(|(rev, raw)| {
+                serde_json::from_str(&raw).unwrap_or_else(|e| {
+                    panic!("{} at revision {rev} is not JSON ({e}): {raw}", self.key("head"))
+                })
+            })
+            .collect()
+    }
+
+    /// Published blocks (the simulator's ledger) whose producer is node `i`.
+    pub fn published_by(&self, i: usize) -> Vec<op_node_sim::PublishedBlock> {
+        let name = self.node(i).name().to_string();
+        self.sim
+            .ledger()
+            .published
+            .into_iter()
+            .filter(|b| b.producer == name)
+            .collect()
+    }
+}
+
+/// The RPC URL of a sidecar listening on `port`.
+fn sidecar_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }
 
 impl Drop for Fixture {

@@ -30,6 +30,8 @@ pub struct SidecarBuilder {
     flags: Vec<(String, Option<String>)>,
     env: Vec<(String, String)>,
     wait_ready: bool,
+    /// RPC port to try first (e.g. one already given to op-node as its conductor URL).
+    rpc_port: Option<u16>,
 }
 
 impl SidecarBuilder {
@@ -49,6 +51,7 @@ impl SidecarBuilder {
                 ("NO_COLOR".into(), "1".into()),
             ],
             wait_ready: true,
+            rpc_port: None,
         };
         b = b
             .flag("--server.id", id)
@@ -98,6 +101,13 @@ impl SidecarBuilder {
         self
     }
 
+    /// Tries `port` for the RPC listener first (falls back to a free port on a clash, so check
+    /// [`Sidecar::url`] afterwards).
+    pub fn rpc_port(mut self, port: u16) -> Self {
+        self.rpc_port = Some(port);
+        self
+    }
+
     /// Spawns the sidecar on free RPC and admin ports; retries on a port clash.
     pub async fn start(self) -> Sidecar {
         let dir = tempfile::Builder::new()
@@ -113,8 +123,12 @@ impl SidecarBuilder {
             paused: false,
             starts: 0,
         };
+        let preferred = sc.builder.rpc_port;
         for attempt in 0..3 {
-            sc.rpc_port = free_port();
+            sc.rpc_port = match preferred {
+                Some(p) if attempt == 0 => p,
+                _ => free_port(),
+            };
             sc.admin_port = free_port();
             sc.spawn();
             if !sc.builder.wait_ready {
