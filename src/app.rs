@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{self, View};
 use crate::commit::{self, Committer};
 use crate::config::Config;
-use crate::election::{self, Acquire, Election, Leadership, LeaseState};
+use crate::election::{self, Acquire, Election, EtcdPool, Leadership, LeaseState};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::rpc::client::HttpClient;
@@ -152,12 +152,14 @@ pub async fn run_with_listeners(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tracing::info!(rpc = %rpc.local_addr()?, admin = %admin.local_addr()?, id = %config.server_id, prefix = %config.etcd_prefix, "op-sidecar starting");
-    let client = election::connect(&config.etcd_endpoints)
-        .await
-        .context("creating the etcd client")?;
+    let pool = Arc::new(
+        EtcdPool::connect(&config.etcd_endpoints)
+            .await
+            .context("creating the etcd clients")?,
+    );
     let keys = Keys::new(&config.etcd_prefix);
     let election = Election::new(
-        client.clone(),
+        pool.clone(),
         keys.clone(),
         config.server_id.clone(),
         config.etcd_timeout,
@@ -195,7 +197,7 @@ pub async fn run_with_listeners(
         background.clone(),
     ));
     tasks.spawn(election::run_lease(
-        client.clone(),
+        pool.clone(),
         config.lease_ttl,
         config.etcd_timeout,
         lease_tx,
@@ -264,11 +266,15 @@ async fn watch_changes(election: Election, wake: Arc<Notify>, cancel: Cancellati
     let keys = election.keys().clone();
     let (leader_dir, control_dir) = (keys.leader_dir(), keys.control_dir());
     loop {
-        let mut watch_client = election.client().watch_client();
+        let (member, client) = election.pool().pick();
+        let mut watch_client = client.watch_client();
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
             r = watch_client.watch(format!("{}/", keys.prefix()), Some(WatchOptions::new().with_prefix())) => r,
         };
+        if opened.is_err() {
+            election.pool().failed(member);
+        }
         if let Ok(mut stream) = opened {
             loop {
                 let msg = tokio::select! {

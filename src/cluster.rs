@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 
-use crate::election::{timed, Election, ElectionError, LeaderInfo};
+use crate::election::{Election, ElectionError, LeaderInfo};
 use crate::state::{unix_ms, HeadRecord, MemberRecord, StoppedRecord, TransferRecord};
 
 /// A consistent snapshot of one chain's shared state (all read at one etcd revision).
@@ -69,7 +69,7 @@ pub async fn read_view(e: &Election) -> Result<View, ElectionError> {
         TxnOp::get(k.members_dir(), prefix()),
         TxnOp::get(k.control_dir(), prefix()),
     ]);
-    let resp = timed(limit(e), e.client().kv_client().txn(txn)).await?;
+    let resp = e.txn(txn).await?;
     let mut view = View {
         revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
         ..View::default()
@@ -122,37 +122,30 @@ pub async fn read_view(e: &Election) -> Result<View, ElectionError> {
     Ok(view)
 }
 
-fn limit(e: &Election) -> std::time::Duration {
-    e.limit()
-}
-
 /// Puts this sidecar's member record, bound to its lease.
 pub async fn put_member(e: &Election, lease: i64, m: &MemberRecord) -> Result<(), ElectionError> {
     let value = serde_json::to_vec(m).map_err(|err| ElectionError::Etcd(err.to_string()))?;
-    timed(
-        limit(e),
-        e.client().kv_client().put(
-            e.keys().member(&m.id),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        ),
-    )
+    let key = e.keys().member(&m.id);
+    e.run(|c| async move {
+        c.kv_client()
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await
+    })
     .await
     .map(|_| ())
 }
 
 pub async fn set_election_stopped(e: &Election, stopped: bool) -> Result<(), ElectionError> {
     let key = e.keys().election_stopped();
-    let mut kv = e.client().kv_client();
     if stopped {
-        timed(
-            limit(e),
-            kv.put(key, format!("stopped at {}", unix_ms()), None),
-        )
-        .await
-        .map(|_| ())
+        let value = format!("stopped at {}", unix_ms());
+        e.run(|c| async move { c.kv_client().put(key, value, None).await })
+            .await
+            .map(|_| ())
     } else {
-        timed(limit(e), kv.delete(key, None)).await.map(|_| ())
+        e.run(|c| async move { c.kv_client().delete(key, None).await })
+            .await
+            .map(|_| ())
     }
 }
 
@@ -172,9 +165,7 @@ pub async fn put_transfer(
         Txn::new()
             .when(vec![cmp])
             .and_then(vec![TxnOp::put(e.keys().transfer(), value, None)]);
-    Ok(timed(limit(e), e.client().kv_client().txn(txn))
-        .await?
-        .succeeded())
+    Ok(e.txn(txn).await?.succeeded())
 }
 
 /// Deletes the transfer record if it is still exactly `t`.
@@ -187,7 +178,5 @@ pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), Elec
             value,
         )])
         .and_then(vec![TxnOp::delete(e.keys().transfer(), None)]);
-    timed(limit(e), e.client().kv_client().txn(txn))
-        .await
-        .map(|_| ())
+    e.txn(txn).await.map(|_| ())
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::election::{timed, Election, ElectionError, Leadership};
+use crate::election::{Election, ElectionError, Leadership};
 use crate::sequencer::parse_quantity;
 use crate::state::HeadRecord;
 
@@ -171,7 +171,7 @@ impl Committer {
                     TxnOp::get(l.key.clone(), None),
                     TxnOp::get(e.keys().head(), None),
                 ]);
-            let resp = timed(e.limit(), e.client().kv_client().txn(txn)).await?;
+            let resp = e.txn(txn).await?;
             if resp.succeeded() {
                 let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
                 *cache = Some(Cached {
@@ -218,13 +218,10 @@ impl Committer {
 }
 
 async fn read_head(e: &Election, epoch: i64) -> Result<Cached, CommitError> {
-    let resp = timed(
-        e.limit(),
-        e.client()
-            .kv_client()
-            .get(e.keys().head(), None::<GetOptions>),
-    )
-    .await?;
+    let key = e.keys().head();
+    let resp = e
+        .run(|c| async move { c.kv_client().get(key, None::<GetOptions>).await })
+        .await?;
     let kv = resp.kvs().first();
     Ok(Cached {
         epoch,
@@ -235,11 +232,10 @@ async fn read_head(e: &Election, epoch: i64) -> Result<Cached, CommitError> {
 
 /// Reads the stored payload envelope (for one-block repair).
 pub async fn read_payload(e: &Election) -> Result<Option<Box<RawValue>>, ElectionError> {
-    let resp = timed(
-        e.limit(),
-        e.client().kv_client().get(e.keys().payload(), None),
-    )
-    .await?;
+    let key = e.keys().payload();
+    let resp = e
+        .run(|c| async move { c.kv_client().get(key, None).await })
+        .await?;
     Ok(resp.kvs().first().and_then(|kv| {
         std::str::from_utf8(kv.value())
             .ok()

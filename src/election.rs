@@ -11,6 +11,8 @@
 //! successful Txn means the lease was alive at that revision.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -27,13 +29,38 @@ use crate::state::Keys;
 pub enum ElectionError {
     #[error("etcd: {0}")]
     Etcd(String),
+    /// The member could not be reached or has no leader: worth trying another member.
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
 }
 
+impl ElectionError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ElectionError::Unavailable(_) | ElectionError::Timeout(_)
+        )
+    }
+}
+
 impl From<etcd_client::Error> for ElectionError {
     fn from(e: etcd_client::Error) -> Self {
-        ElectionError::Etcd(e.to_string())
+        use etcd_client::Error as E;
+        let unavailable = match &e {
+            E::TransportError(_) | E::IoError(_) => true,
+            E::GRpcStatus(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ),
+            _ => false,
+        };
+        if unavailable {
+            ElectionError::Unavailable(e.to_string())
+        } else {
+            ElectionError::Etcd(e.to_string())
+        }
     }
 }
 
@@ -48,17 +75,82 @@ pub async fn timed<T>(
     }
 }
 
-/// Connects without a global request timeout (long waits such as watches need none); every
-/// other call is wrapped in [`timed`]. HTTP/2 keepalives detect a blackholed connection so the
-/// channel reconnects after a partition heals.
-pub async fn connect(endpoints: &[String]) -> Result<Client, ElectionError> {
-    let opts = ConnectOptions::new()
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
+        // HTTP/2 keepalives detect a blackholed connection so it reconnects after a partition heals.
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         // A member cut off from its quorum must fail requests, not serve stale reads or hang.
-        .with_require_leader(true);
-    Ok(Client::connect(endpoints, Some(opts)).await?)
+        .with_require_leader(true)
+}
+
+/// One client per etcd member, used one at a time; a request that fails for transport reasons
+/// moves us to the next member. etcd-client's own balanced channel keeps routing requests to a
+/// dead member (tonic reports an unconnected endpoint as ready), which turns the loss of one
+/// member into failed keepalives and needless failovers.
+///
+/// No client has a global request timeout (long waits such as watches need none); every other
+/// call gets the per-request limit in [`EtcdPool::run`].
+pub struct EtcdPool {
+    clients: Vec<(String, Client)>,
+    current: AtomicUsize,
+}
+
+impl EtcdPool {
+    /// Creates the clients; connections are made lazily, so members may be down at start.
+    pub async fn connect(endpoints: &[String]) -> Result<Self, ElectionError> {
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            clients.push((
+                ep.clone(),
+                Client::connect([ep.as_str()], Some(connect_options())).await?,
+            ));
+        }
+        if clients.is_empty() {
+            return Err(ElectionError::Etcd("no etcd endpoints".into()));
+        }
+        Ok(EtcdPool {
+            clients,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The member to use now, and its index for [`EtcdPool::failed`].
+    pub fn pick(&self) -> (usize, Client) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].1.clone())
+    }
+
+    /// Moves on from member `i` (unless someone already did).
+    pub fn failed(&self, i: usize) {
+        let n = self.clients.len();
+        if n > 1
+            && self
+                .current
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(failed = %self.clients[i].0, next = %self.clients[(i + 1) % n].0, "switching etcd endpoint");
+        }
+    }
+
+    /// Runs one request on the current member under `limit`.
+    pub async fn run<T, Fut>(
+        &self,
+        limit: Duration,
+        f: impl FnOnce(Client) -> Fut,
+    ) -> Result<T, ElectionError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let (i, client) = self.pick();
+        let r = timed(limit, f(client)).await;
+        if r.as_ref().is_err_and(ElectionError::is_unavailable) {
+            self.failed(i);
+        }
+        r
+    }
 }
 
 /// Our current lease as the keepalive loop sees it.
@@ -94,7 +186,7 @@ pub fn deadline(sent: Instant, granted: Duration, ttl: Duration) -> Instant {
 /// Keeps one lease alive and publishes it; grants a new one when etcd says it is gone. Runs
 /// until cancelled; the caller revokes the lease during shutdown.
 pub async fn run_lease(
-    client: Client,
+    pool: Arc<EtcdPool>,
     ttl: Duration,
     limit: Duration,
     tx: watch::Sender<Option<LeaseState>>,
@@ -107,7 +199,12 @@ pub async fn run_lease(
             return;
         }
         let sent = Instant::now();
-        let id = match timed(limit, client.lease_client().grant(ttl_secs, None)).await {
+        let id = match pool
+            .run(limit, |c| async move {
+                c.lease_client().grant(ttl_secs, None).await
+            })
+            .await
+        {
             Ok(r) => r.id(),
             Err(e) => {
                 tracing::warn!(error = %e, "lease grant failed; retrying");
@@ -128,6 +225,7 @@ pub async fn run_lease(
         tracing::info!(lease = format_args!("{id:x}"), ttl = ?ttl, "lease granted");
 
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+        let mut stream_member = 0usize;
         // Send instants of keepalives not yet acknowledged, oldest first. Matching an ack to an
         // older send than its own only makes the deadline earlier, never later.
         let mut pending: VecDeque<Instant> = VecDeque::new();
@@ -155,6 +253,7 @@ pub async fn run_lease(
                     }
                     Ok(None) | Err(_) => {
                         tracing::warn!(lease = format_args!("{id:x}"), "lease keepalive stream closed; reopening");
+                        pool.failed(stream_member);
                         stream = None;
                         pending.clear();
                     }
@@ -166,13 +265,16 @@ pub async fn run_lease(
                             if keeper.keep_alive().await.is_ok() {
                                 pending.push_back(now);
                             } else {
+                                pool.failed(stream_member);
                                 stream = None;
                                 pending.clear();
                             }
                         }
                         None => {
                             // Opening the stream sends one keepalive and waits for its ack.
-                            match timed(limit, client.lease_client().keep_alive(id)).await {
+                            let (member, client) = pool.pick();
+                            stream_member = member;
+                            match timed(limit, async move { client.lease_client().keep_alive(id).await }).await {
                                 Ok(s) => {
                                     stream = Some(s);
                                     let d = deadline(now, ttl, ttl);
@@ -186,7 +288,12 @@ pub async fn run_lease(
                                     tx.send_replace(None);
                                     continue 'grant;
                                 }
-                                Err(e) => tracing::warn!(error = %e, "lease keepalive failed"),
+                                Err(e) => {
+                                    if e.is_unavailable() {
+                                        pool.failed(member);
+                                    }
+                                    tracing::warn!(error = %e, "lease keepalive failed");
+                                }
                             }
                         }
                     }
@@ -232,16 +339,16 @@ pub enum Acquire {
 /// Leader-key operations for one chain and one server id.
 #[derive(Clone)]
 pub struct Election {
-    client: Client,
+    pool: Arc<EtcdPool>,
     keys: Keys,
     id: String,
     limit: Duration,
 }
 
 impl Election {
-    pub fn new(client: Client, keys: Keys, id: impl Into<String>, limit: Duration) -> Self {
+    pub fn new(pool: Arc<EtcdPool>, keys: Keys, id: impl Into<String>, limit: Duration) -> Self {
         Election {
-            client,
+            pool,
             keys,
             id: id.into(),
             limit,
@@ -252,8 +359,23 @@ impl Election {
         &self.keys
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub fn pool(&self) -> &Arc<EtcdPool> {
+        &self.pool
+    }
+
+    /// Runs one request under the per-request limit, moving to another member if this one is
+    /// unreachable.
+    pub async fn run<T, Fut>(&self, f: impl FnOnce(Client) -> Fut) -> Result<T, ElectionError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.pool.run(self.limit, f).await
+    }
+
+    /// Runs one Txn.
+    pub async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, ElectionError> {
+        self.run(|c| async move { c.kv_client().txn(txn).await })
+            .await
     }
 
     pub fn id(&self) -> &str {
@@ -289,7 +411,7 @@ impl Election {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else(vec![TxnOp::get(dir, Some(GetOptions::new().with_prefix()))]);
-        let resp = timed(self.limit, self.client.kv_client().txn(txn)).await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             let epoch = resp.header().map(|h| h.revision()).unwrap_or_default();
             return Ok(Acquire::Won(Leadership { key, epoch, lease }));
@@ -305,23 +427,21 @@ impl Election {
 
     /// The current leader: the lowest create revision under `leader/`, as `etcdctl elect -l` sees it.
     pub async fn leader(&self) -> Result<Option<LeaderInfo>, ElectionError> {
-        let resp = timed(
-            self.limit,
-            self.client.kv_client().get(
-                self.keys.leader_dir(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
+        let dir = self.keys.leader_dir();
+        let resp = self
+            .run(|c| async move {
+                c.kv_client()
+                    .get(dir, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
         Ok(lowest(resp.kvs()))
     }
 
     /// Applies `ops` only if we still hold the leader key with our epoch.
     pub async fn fenced(&self, l: &Leadership, ops: Vec<TxnOp>) -> Result<bool, ElectionError> {
         let txn = Txn::new().when(vec![self.fence(l)]).and_then(ops);
-        Ok(timed(self.limit, self.client.kv_client().txn(txn))
-            .await?
-            .succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// Releases the key, applying `ops` in the same fenced Txn (e.g. recording the stopped head).
@@ -333,7 +453,7 @@ impl Election {
 
     /// Revokes the lease: every key bound to it (leader, member) disappears at once.
     pub async fn revoke(&self, lease: i64) -> Result<(), ElectionError> {
-        timed(self.limit, self.client.lease_client().revoke(lease))
+        self.run(|c| async move { c.lease_client().revoke(lease).await })
             .await
             .map(|_| ())
     }
