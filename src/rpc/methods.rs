@@ -62,6 +62,22 @@ pub fn is_known(method: &str) -> bool {
     KNOWN.contains(&method)
 }
 
+/// The time limit for answering `method`. Transfers wait for the target to lead, bounded by the
+/// transfer window; cutting them off earlier would report a failure for a transfer that then
+/// completes (op-conductor #22924).
+pub fn time_limit(s: &Shared, method: &str) -> std::time::Duration {
+    match method {
+        "coordinator_setMaster"
+        | "coordinator_setActiveSequencer"
+        | "conductor_transferLeader"
+        | "conductor_transferLeaderToServer" => s
+            .config
+            .rpc_timeout
+            .max(transfer::window(s) + std::time::Duration::from_secs(5)),
+        _ => s.config.rpc_timeout,
+    }
+}
+
 /// Decodes positional params; absent or null params count as `[]`.
 fn params<T: DeserializeOwned>(p: Option<&RawValue>) -> Result<T, RpcError> {
     let text = match p.map(RawValue::get) {

@@ -222,7 +222,7 @@ async fn handle_one(shared: &Shared, raw: &RawValue, forwarded: bool) -> Option<
         }
     }
     let span = tracing::debug_span!("rpc", method = %method, code = tracing::field::Empty);
-    let timeout = shared.config.rpc_timeout;
+    let timeout = super::methods::time_limit(shared, &method);
     let result = async {
         match tokio::time::timeout(
             timeout,

@@ -507,7 +507,11 @@ pub async fn get_consistent(endpoint: &str, keys: &[&str]) -> Vec<Option<String>
 
 /// The first key put under `prefix` in etcd's whole history, as `(key, value)`; `None` if
 /// nothing was ever put there (waits at most `timeout` for the history to arrive).
-pub async fn first_put(endpoint: &str, prefix: &str, timeout: Duration) -> Option<(String, String)> {
+pub async fn first_put(
+    endpoint: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Option<(String, String)> {
     use etcd_client::{EventType, WatchOptions};
     let mut c = client(endpoint).await;
     let opts = WatchOptions::new().with_start_revision(1).with_prefix();

@@ -131,8 +131,37 @@ impl Fixture {
         self.start_sidecars_in(&order).await;
     }
 
-    /// Starts one sidecar per node in the given order (a permutation of `0..n`).
+    /// Starts one sidecar per node in the given order (a permutation of `0..n`), each after the
+    /// previous one answers RPC.
     pub async fn start_sidecars_in(&mut self, order: &[usize]) {
+        self.check_order(order);
+        let mut started: Vec<Option<Sidecar>> = (0..self.n()).map(|_| None).collect();
+        for &i in order {
+            let sc = self.builder(i).start().await;
+            started[i] = Some(self.started(i, sc));
+        }
+        self.sidecars = started
+            .into_iter()
+            .map(|s| s.expect("every sidecar started"))
+            .collect();
+    }
+
+    /// Starts every sidecar at once (spawned together, then each awaited until it answers),
+    /// as an operator enabling the sidecars on a running chain would.
+    pub async fn start_sidecars_together(&mut self) {
+        let all: Vec<usize> = (0..self.n()).collect();
+        self.check_order(&all);
+        let builders: Vec<SidecarBuilder> = all.iter().map(|&i| self.builder(i)).collect();
+        let started =
+            futures_util::future::join_all(builders.into_iter().map(SidecarBuilder::start)).await;
+        self.sidecars = started
+            .into_iter()
+            .enumerate()
+            .map(|(i, sc)| self.started(i, sc))
+            .collect();
+    }
+
+    fn check_order(&self, order: &[usize]) {
         assert!(self.sidecars.is_empty(), "sidecars already started");
         let mut sorted = order.to_vec();
         sorted.sort_unstable();
@@ -141,40 +170,41 @@ impl Fixture {
             (0..self.n()).collect::<Vec<_>>(),
             "start order must name every node once"
         );
-        let mut started: Vec<Option<Sidecar>> = (0..self.n()).map(|_| None).collect();
-        for &i in order {
-            let endpoints = self.proxies[i]
-                .as_ref()
-                .map_or_else(|| self.etcd.client_url(), TcpProxy::url);
-            let node = self.sim.node(i);
-            let mut b = SidecarBuilder::new(
-                &Self::id(i),
-                &node.node_url(),
-                &node.geth_url(),
-                &endpoints,
-                &self.prefix,
-            );
-            if let Some(port) = self.rpc_ports[i] {
-                b = b.rpc_port(port);
-            }
-            for (name, value) in &self.opts.flags {
-                b = b.flag(name, value);
-            }
-            let sc = b.start().await;
-            if let Some(port) = self.rpc_ports[i] {
-                if sc.url() != sidecar_url(port) {
-                    // The reserved port was taken meanwhile; the sidecar runs elsewhere. Until
-                    // this line the node's commits and leader checks fail, which is safe.
-                    node.set_conductor(Some(sc.url()));
-                    self.rpc_ports[i] = sc.url().rsplit(':').next().and_then(|p| p.parse().ok());
-                }
-            }
-            started[i] = Some(sc);
+    }
+
+    /// The command line of sidecar `i`: its node, etcd (or its proxy), the prefix, the
+    /// reserved RPC port in conductor mode and the fixture's extra flags.
+    fn builder(&self, i: usize) -> SidecarBuilder {
+        let endpoints = self.proxies[i]
+            .as_ref()
+            .map_or_else(|| self.etcd.client_url(), TcpProxy::url);
+        let node = self.sim.node(i);
+        let mut b = SidecarBuilder::new(
+            &Self::id(i),
+            &node.node_url(),
+            &node.geth_url(),
+            &endpoints,
+            &self.prefix,
+        );
+        if let Some(port) = self.rpc_ports[i] {
+            b = b.rpc_port(port);
         }
-        self.sidecars = started
-            .into_iter()
-            .map(|s| s.expect("every sidecar started"))
-            .collect();
+        for (name, value) in &self.opts.flags {
+            b = b.flag(name, value);
+        }
+        b
+    }
+
+    /// Points node `i` at its sidecar if the reserved port was taken meanwhile and the sidecar
+    /// runs elsewhere (until then the node's commits and leader checks fail, which is safe).
+    fn started(&mut self, i: usize, sc: Sidecar) -> Sidecar {
+        if let Some(port) = self.rpc_ports[i] {
+            if sc.url() != sidecar_url(port) {
+                self.sim.node(i).set_conductor(Some(sc.url()));
+                self.rpc_ports[i] = sc.url().rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+        }
+        sc
     }
 
     /// Whether the nodes run in conductor mode.
@@ -413,11 +443,8 @@ impl Fixture {
         loop {
             let views = self.leader_views().await;
             let first = views.first().and_then(|(_, v)| v.clone());
-            let agreed = first.filter(|id| {
-                views
-                    .iter()
-                    .all(|(_, v)| v.as_deref() == Some(id.as_str()))
-            });
+            let agreed =
+                first.filter(|id| views.iter().all(|(_, v)| v.as_deref() == Some(id.as_str())));
             let leader = agreed
                 .map(|id| Self::index_of(&id))
                 .filter(|&i| accept(i) && self.node(i).is_active());
@@ -484,7 +511,10 @@ impl Fixture {
             .into_iter()
             .map(|(rev, raw)| {
                 serde_json::from_str(&raw).unwrap_or_else(|e| {
-                    panic!("{} at revision {rev} is not JSON ({e}): {raw}", self.key("head"))
+                    panic!(
+                        "{} at revision {rev} is not JSON ({e}): {raw}",
+                        self.key("head")
+                    )
                 })
             })
             .collect()
