@@ -444,11 +444,22 @@ impl Controller {
     async fn step(&mut self) {
         let health = self.s.health.borrow().clone();
         self.s.metrics.healthy.set(i64::from(health.healthy));
+        let was_reachable = self.status_tx.borrow().etcd_reachable;
         let view = match cluster::read_view(&self.s.election).await {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                if !was_reachable && self.status_tx.borrow().started {
+                    tracing::info!("etcd reachable again");
+                }
+                Some(v)
+            }
             Err(e) => {
                 self.s.metrics.etcd_errors.inc();
-                tracing::warn!(error = %e, "cannot read cluster state from etcd");
+                // One warning per outage; the details of every failed tick at debug.
+                if was_reachable {
+                    tracing::warn!(error = %e, "cannot reach etcd: not contending; a leader steps down when its lease deadline passes");
+                } else {
+                    tracing::debug!(error = %e, "etcd still unreachable");
+                }
                 None
             }
         };
