@@ -226,6 +226,8 @@ pub async fn run_lease(
 
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
         let mut stream_member = 0usize;
+        // Warn once per outage, not at every keepalive tick.
+        let mut outage = false;
         // Send instants of keepalives not yet acknowledged, oldest first. Matching an ack to an
         // older send than its own only makes the deadline earlier, never later.
         let mut pending: VecDeque<Instant> = VecDeque::new();
@@ -276,6 +278,9 @@ pub async fn run_lease(
                             stream_member = member;
                             match timed(limit, async move { client.lease_client().keep_alive(id).await }).await {
                                 Ok(s) => {
+                                    if std::mem::take(&mut outage) {
+                                        tracing::info!(lease = format_args!("{id:x}"), "lease keepalives flowing again");
+                                    }
                                     stream = Some(s);
                                     let d = deadline(now, ttl, ttl);
                                     if d > state.valid_until {
@@ -292,7 +297,11 @@ pub async fn run_lease(
                                     if e.is_unavailable() {
                                         pool.failed(member);
                                     }
-                                    tracing::warn!(error = %e, "lease keepalive failed");
+                                    if !std::mem::replace(&mut outage, true) {
+                                        tracing::warn!(error = %e, "lease keepalive failed; retrying every {:?}", keepalive_interval(ttl));
+                                    } else {
+                                        tracing::debug!(error = %e, "lease keepalive failed");
+                                    }
                                 }
                             }
                         }
