@@ -566,6 +566,18 @@ impl Controller {
                 }
             }
         }
+        // Conductor mode: a commit whose Txn succeeded but whose answer missed op-node's budget
+        // leaves our own node one block behind the committed head, re-sealing a block the fence
+        // refuses. Hand it the committed block instead (never replace a committed head).
+        if self.mode == Mode::Conductor {
+            if let (Some(committed), Some(local)) =
+                (view.and_then(|v| v.head.as_ref()), &health.head)
+            {
+                if local.number + 1 == committed.number {
+                    self.repair_one_block(&committed.block()).await;
+                }
+            }
+        }
     }
 
     /// Driven mode: the leader records the head it sees each tick (fenced), so a successor knows
@@ -680,12 +692,30 @@ impl Controller {
                 }
             }
         }
+        // First start on a live chain (empty store, no leader): the sequencer already running
+        // must be adopted, not stopped (op-conductor #17899), so the others stand back for a
+        // while and its own sidecar does not wait out the stale-head delay (in conductor mode its
+        // commits fail until someone leads, so its head is stale).
+        let adopting = active == Some(true) && v.store_empty();
+        if !adopting && v.store_empty() {
+            // Give a running node's sidecar time to announce itself before anyone else contends.
+            if now.duration_since(since) < self.s.config.health.interval * 2 {
+                return;
+            }
+            let running_elsewhere = v
+                .members
+                .values()
+                .any(|m| m.id != self.me() && m.active && !m.paused);
+            if running_elsewhere && now.duration_since(since) < self.s.config.lease_ttl * 2 {
+                return;
+            }
+        }
         // A stale head alone must not keep a reachable node out when nobody leads: then every
         // head is stale. Fresh candidates get one TTL's head start.
         let named = v.pending_transfer().is_some_and(|t| t.target == self.me());
         let eligible = health.healthy
             || (health.only_stale()
-                && (named || now.duration_since(since) >= self.s.config.lease_ttl));
+                && (named || adopting || now.duration_since(since) >= self.s.config.lease_ttl));
         if !eligible {
             return;
         }

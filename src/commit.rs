@@ -86,6 +86,12 @@ pub fn block_meta(envelope: &RawValue) -> Result<BlockMeta, CommitError> {
 
 /// Whether `block` may follow `head`. `Ok(true)` = new block, `Ok(false)` = already committed
 /// (op-node retries a commit whose answer it missed). Pure.
+///
+/// Strict on purpose: a committed head is never replaced, not even by a re-seal at the same
+/// height in the same epoch, because the sidecar cannot know whether op-node (or a second
+/// op-node sharing this conductor URL) already received the acknowledgement and published it.
+/// A leader whose commit succeeded but whose answer was lost is repaired instead: the control
+/// loop posts the committed payload to its own node (see `app`).
 pub fn extends(head: Option<&HeadRecord>, block: &BlockMeta) -> Result<bool, CommitError> {
     let Some(h) = head else { return Ok(true) };
     if h.hash.eq_ignore_ascii_case(&block.hash) && h.number == block.number {
@@ -101,30 +107,6 @@ pub fn extends(head: Option<&HeadRecord>, block: &BlockMeta) -> Result<bool, Com
         head_number: h.number,
         head_hash: h.hash.clone(),
     })
-}
-
-/// [`extends`], plus one more case: within the epoch that committed the head, a block with the
-/// head's number and parent may replace it. That is op-node re-sealing after a commit whose etcd
-/// Txn succeeded but whose answer missed op-node's 1 s budget: op-node treated the block as
-/// failed and never gossiped it, and no other leader reads the head before our epoch ends.
-/// Refusing it would wedge the leader forever at that height.
-pub fn accepts(
-    head: Option<&HeadRecord>,
-    block: &BlockMeta,
-    epoch: i64,
-) -> Result<bool, CommitError> {
-    if let Some(h) = head {
-        let resealed = h.epoch == epoch
-            && h.number == block.number
-            && !h.parent_hash.is_empty()
-            && h.parent_hash.eq_ignore_ascii_case(&block.parent)
-            && !h.hash.eq_ignore_ascii_case(&block.hash);
-        if resealed {
-            tracing::warn!(number = block.number, replaced = %h.hash, by = %block.hash, "replacing a committed head op-node never saw acknowledged (same epoch, same parent)");
-            return Ok(true);
-        }
-    }
-    extends(head, block)
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +144,7 @@ impl Committer {
         }
         for _ in 0..2 {
             let Some(c) = cache.clone() else { break };
-            if !accepts(c.head.as_ref(), &block, l.epoch)? {
+            if !extends(c.head.as_ref(), &block)? {
                 return Ok(block);
             }
             let rec = HeadRecord {
@@ -376,51 +358,6 @@ mod tests {
             )
             .is_err(),
             "wrong parent"
-        );
-    }
-
-    #[test]
-    fn same_epoch_reseal_replaces_an_unacknowledged_head() {
-        let resealed = BlockMeta {
-            number: 5,
-            hash: h(55),
-            parent: h(4),
-        };
-        // head(5) was committed in epoch 1.
-        assert_eq!(accepts(Some(&head(5)), &resealed, 1), Ok(true));
-        // Another epoch must never replace a committed block.
-        assert!(accepts(Some(&head(5)), &resealed, 2).is_err());
-        // Same epoch but a different parent is still a fork.
-        let other_parent = BlockMeta {
-            number: 5,
-            hash: h(55),
-            parent: h(99),
-        };
-        assert!(accepts(Some(&head(5)), &other_parent, 1).is_err());
-        // The ordinary cases behave as `extends`.
-        assert_eq!(
-            accepts(
-                Some(&head(5)),
-                &BlockMeta {
-                    number: 5,
-                    hash: h(5),
-                    parent: h(4)
-                },
-                1
-            ),
-            Ok(false)
-        );
-        assert_eq!(
-            accepts(
-                Some(&head(5)),
-                &BlockMeta {
-                    number: 6,
-                    hash: h(6),
-                    parent: h(5)
-                },
-                2
-            ),
-            Ok(true)
         );
     }
 

@@ -146,6 +146,32 @@ impl Fixture {
             .collect();
     }
 
+    /// Starts sidecar `first`, waits (30 s) until it holds the leader key, then starts the
+    /// others in index order.
+    pub async fn start_sidecars_after_leader(&mut self, first: usize) {
+        let all: Vec<usize> = (0..self.n()).collect();
+        self.check_order(&all);
+        let mut started: Vec<Option<Sidecar>> = (0..self.n()).map(|_| None).collect();
+        let sc = self.builder(first).start().await;
+        started[first] = Some(self.started(first, sc));
+        let dir = format!("{}/", self.key("leader"));
+        let id = Self::id(first);
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{id}, started alone, to hold the leader key"),
+            || async { self.etcd.get_prefix(&dir).iter().any(|(_, v)| *v == id) },
+        )
+        .await;
+        for i in all.into_iter().filter(|&i| i != first) {
+            let sc = self.builder(i).start().await;
+            started[i] = Some(self.started(i, sc));
+        }
+        self.sidecars = started
+            .into_iter()
+            .map(|s| s.expect("every sidecar started"))
+            .collect();
+    }
+
     /// Starts every sidecar at once (spawned together, then each awaited until it answers),
     /// as an operator enabling the sidecars on a running chain would.
     pub async fn start_sidecars_together(&mut self) {
