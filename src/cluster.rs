@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
-use crate::election::{Election, ElectionError, LeaderInfo};
+use crate::election::{get_responses, leader_of, Election, ElectionError, LeaderInfo};
 use crate::state::{unix_ms, HeadRecord, MemberRecord, StoppedRecord, TransferRecord};
 
 /// A consistent snapshot of one chain's shared state (all read at one etcd revision).
@@ -74,30 +74,14 @@ pub async fn read_view(e: &Election) -> Result<View, ElectionError> {
         revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
         ..View::default()
     };
-    let gets: Vec<_> = resp
-        .op_responses()
-        .into_iter()
-        .filter_map(|op| match op {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        })
-        .collect();
+    let gets = get_responses(&resp);
     if gets.len() != 5 {
         return Err(ElectionError::Etcd(format!(
             "view read returned {} ranges, expected 5",
             gets.len()
         )));
     }
-    view.leader = gets[0]
-        .kvs()
-        .iter()
-        .min_by_key(|kv| kv.create_revision())
-        .map(|kv| LeaderInfo {
-            id: String::from_utf8_lossy(kv.value()).into_owned(),
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            epoch: kv.create_revision(),
-            lease: kv.lease(),
-        });
+    view.leader = leader_of(gets[0].kvs());
     view.head = gets[1]
         .kvs()
         .first()

@@ -4,12 +4,12 @@
 //! inserts a block whose commit failed, and the commit fails the moment our leader key no longer
 //! has the create revision we won it with, whatever our clocks believe.
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::election::{Election, ElectionError, Leadership};
+use crate::election::{get_responses, Election, ElectionError, Leadership};
 use crate::sequencer::parse_quantity;
 use crate::state::HeadRecord;
 
@@ -187,14 +187,7 @@ impl Committer {
                 });
                 return Ok(block);
             }
-            let gets: Vec<_> = resp
-                .op_responses()
-                .into_iter()
-                .filter_map(|op| match op {
-                    TxnOpResponse::Get(g) => Some(g),
-                    _ => None,
-                })
-                .collect();
+            let gets = get_responses(&resp);
             let still_ours = gets
                 .first()
                 .and_then(|g| g.kvs().first())

@@ -425,12 +425,9 @@ impl Election {
             let epoch = resp.header().map(|h| h.revision()).unwrap_or_default();
             return Ok(Acquire::Won(Leadership { key, epoch, lease }));
         }
-        let mut holder = None;
-        for op in resp.op_responses() {
-            if let TxnOpResponse::Get(get) = op {
-                holder = lowest(get.kvs());
-            }
-        }
+        let holder = get_responses(&resp)
+            .first()
+            .and_then(|g| leader_of(g.kvs()));
         Ok(Acquire::Held(holder))
     }
 
@@ -444,7 +441,7 @@ impl Election {
                     .await
             })
             .await?;
-        Ok(lowest(resp.kvs()))
+        Ok(leader_of(resp.kvs()))
     }
 
     /// Applies `ops` only if we still hold the leader key with our epoch.
@@ -468,7 +465,19 @@ impl Election {
     }
 }
 
-fn lowest(kvs: &[etcd_client::KeyValue]) -> Option<LeaderInfo> {
+/// The range reads of a Txn's answer, in order (other operations skipped).
+pub fn get_responses(resp: &etcd_client::TxnResponse) -> Vec<etcd_client::GetResponse> {
+    resp.op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The leader among the keys under `leader/`: the lowest create revision, as `etcdctl elect -l` decides.
+pub fn leader_of(kvs: &[etcd_client::KeyValue]) -> Option<LeaderInfo> {
     kvs.iter()
         .min_by_key(|kv| kv.create_revision())
         .map(|kv| LeaderInfo {
