@@ -307,6 +307,30 @@ async fn watch_changes(election: Election, wake: Arc<Notify>, cancel: Cancellati
     }
 }
 
+/// Completes when lease `id` is no longer valid locally: its deadline passed (following every
+/// extension the keepalive loop publishes) or it was replaced or lost.
+async fn lease_expiry(mut lease: watch::Receiver<Option<LeaseState>>, id: i64) {
+    loop {
+        let until = match *lease.borrow_and_update() {
+            Some(l) if l.id == id => l.valid_until,
+            _ => return,
+        };
+        if Instant::now() >= until {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            changed = lease.changed() => {
+                if changed.is_err() {
+                    // The keepalive loop is gone: nothing will extend the deadline.
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Why leadership ends; decides what is recorded and whether we stand back afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -405,7 +429,25 @@ impl Controller {
                 Ok(()) = lease_rx.changed() => {}
                 Ok(()) = health_rx.changed() => {}
             }
-            self.step().await;
+            // S1: while leading, no wait on etcd or the node may outlast the local lease
+            // deadline. A step blocked past it is abandoned and we step down at once.
+            match self.leading() {
+                Some(l) => {
+                    let expired = tokio::select! {
+                        biased;
+                        _ = lease_expiry(self.s.lease.clone(), l.lease) => true,
+                        _ = self.step() => false,
+                    };
+                    if expired && self.leading().is_some() {
+                        self.step_down(
+                            "lease deadline passed while waiting on etcd or the node",
+                            Exit::LeaseLost,
+                        )
+                        .await;
+                    }
+                }
+                None => self.step().await,
+            }
         }
         self.publish(|s| s.shutting_down = true);
         if self.leading().is_some() {
@@ -1142,6 +1184,35 @@ mod tests {
             }),
             version: String::new(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expiry_fires_at_the_deadline_and_follows_extensions() {
+        let t0 = Instant::now();
+        let (tx, rx) = watch::channel(Some(LeaseState {
+            id: 7,
+            valid_until: t0 + Duration::from_secs(1),
+        }));
+        let waiter = tokio::spawn(lease_expiry(rx.clone(), 7));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // A keepalive ack moves the deadline: the waiter must not fire at the old one.
+        tx.send_replace(Some(LeaseState {
+            id: 7,
+            valid_until: t0 + Duration::from_secs(2),
+        }));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !waiter.is_finished(),
+            "fired at a deadline that had been extended"
+        );
+        waiter.await.expect("waiter");
+        assert!(Instant::now() >= t0 + Duration::from_secs(2));
+        // A different (re-granted) lease means ours is gone: immediate.
+        let before = Instant::now();
+        lease_expiry(rx.clone(), 8).await;
+        assert_eq!(Instant::now(), before);
+        tx.send_replace(None);
+        lease_expiry(rx, 7).await;
     }
 
     #[test]

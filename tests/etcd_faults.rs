@@ -207,3 +207,58 @@ async fn lagging_candidate_gives_way_and_takes_over_once_caught_up() {
     .await;
     assert_clean(&sim);
 }
+
+/// The first log line containing `needle`, as its leading RFC 3339 timestamp (these sort as text).
+fn first_log_time(log: &str, needle: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// S1 without help: every node's admin URL is unreachable for the other sidecars (a fully
+/// isolated host), so only the cut-off leader itself can stop its node. It must step down by
+/// its local lease deadline, before etcd can let anyone else win, even though its etcd
+/// requests hang in the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_stops_its_node_before_anyone_else_can_win() {
+    let etcd = EtcdCluster::start(1).await;
+    let sim = sim3().await;
+    let prefix = format!("/op-sidecar/{}", common::unique("isolated"));
+    let mut proxies = Vec::new();
+    let mut sidecars = Vec::new();
+    for (i, node) in sim.nodes().iter().enumerate() {
+        let proxy = common::TcpProxy::start(&etcd.client_url(0)).await;
+        let b = SidecarBuilder::new(
+            &format!("seq-{i}"),
+            &node.node_url(),
+            &node.geth_url(),
+            &proxy.url(),
+            &prefix,
+        )
+        // Port 1 refuses connections: nobody can stop this node but its own sidecar.
+        .flag("--node.advertise", "http://127.0.0.1:1");
+        sidecars.push(b.start().await);
+        proxies.push(proxy);
+    }
+    let leader = settle_single(&sim, Duration::from_secs(30)).await;
+    proxies[leader].partition();
+    let next = settle_single_except(&sim, Some(leader), Duration::from_secs(30)).await;
+    assert!(!sim.node(leader).is_active());
+
+    let stepped = first_log_time(&sidecars[leader].log(), "stepping down")
+        .expect("the isolated leader logs its step-down");
+    let won = sidecars[next]
+        .log()
+        .lines()
+        .filter(|l| l.contains("won the leader key"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .max()
+        .expect("the new leader logs its win");
+    assert!(
+        stepped < won,
+        "the isolated leader stepped down at {stepped}, after {next} won at {won}"
+    );
+    assert_clean(&sim);
+    proxies[leader].heal();
+}
