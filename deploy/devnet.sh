@@ -23,18 +23,7 @@ PREFIX=${PREFIX:-/op-sidecar/devnet}
 BLOCK_TIME=${BLOCK_TIME:-1s}
 state=${DEVNET_DIR:-$root/.devnet}
 
-need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd=sudo
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash deploy/ensure-deps.sh curl
 
 echo "building (release)..."
 cargo build --release --quiet --bin op-sidecar -p op-sidecar
