@@ -339,3 +339,33 @@ async fn node_started_by_hand_on_a_follower_is_stopped_by_inspection() {
     f.assert_chain_progresses().await;
     f.assert_invariants();
 }
+
+/// A second signal during the graceful shutdown exits at once (code 130) instead of waiting for
+/// it. The leader's etcd is blackholed first, so the graceful path (resign, revoke) would block
+/// on etcd for seconds and still exit 0; the node is stopped first either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_during_shutdown_exits_immediately() {
+    let mut f = Fixture::start(3, FixtureOpts::default().with_proxy()).await;
+    let leader = f.wait_single_active(SETTLE).await;
+    f.proxy(leader).partition();
+    f.sidecar(leader).terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.sidecar(leader).signal(libc::SIGINT);
+    let status = f
+        .sidecar(leader)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the sidecar must exit after the second signal");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after the second signal: {status}"
+    );
+    assert!(
+        !f.node(leader).is_active(),
+        "the node was stopped before the sidecar exited"
+    );
+    f.proxy(leader).heal();
+    f.wait_new_leader(leader, FAILOVER).await;
+    f.assert_invariants();
+}
