@@ -6,10 +6,9 @@
 //! no two sequencer calls of this sidecar ever race.
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use etcd_client::{TxnOp, WatchOptions};

@@ -91,7 +91,7 @@ async fn etcd_member_loss_keeps_one_leader_and_quorum_loss_halts_without_fork() 
     let sim = sim3().await;
     let prefix = format!("/op-sidecar/{}", common::unique("member-loss"));
     let mut sidecars = start_sidecars(&sim, &etcd.client_urls(), &prefix, &[]).await;
-    let first = settle_single(&sim, Duration::from_secs(30)).await;
+    settle_single(&sim, Duration::from_secs(30)).await;
 
     etcd.kill_member(0);
     let after_member_loss = settle_single(&sim, Duration::from_secs(30)).await;
@@ -109,7 +109,6 @@ async fn etcd_member_loss_keeps_one_leader_and_quorum_loss_halts_without_fork() 
     settle_single_except(&sim, Some(after_member_loss), Duration::from_secs(30)).await;
     // The dead sidecar's node was stopped by the new leader before it started.
     assert!(!sim.node(after_member_loss).is_active());
-    let _ = first;
 
     // Quorum lost: every lease deadline passes, so the leader stops its node.
     etcd.kill_member(1);
