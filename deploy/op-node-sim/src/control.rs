@@ -65,6 +65,8 @@ async fn dispatch(
             node(nodes, params)?.set_peer_count(n);
         }
         "sim_sequenceByHand" => node(nodes, params)?.sequence_by_hand(),
+        "sim_zeroHashOnNextStop" => node(nodes, params)?.zero_hash_on_next_stop(),
+        "sim_hashMismatchOnNextStart" => node(nodes, params)?.hash_mismatch_on_next_start(),
         "sim_setConductor" => {
             let url = param(params, 1).and_then(Value::as_str).map(str::to_string);
             node(nodes, params)?.set_conductor(url);

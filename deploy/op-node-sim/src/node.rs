@@ -58,6 +58,11 @@ pub(crate) struct NodeState {
     pub(crate) produced: u64,
     /// A block is being built/committed right now (admin_stopSequencer waits for it).
     pub(crate) building: bool,
+    /// One-shot: the next successful admin_stopSequencer returns the zero hash.
+    pub(crate) zero_hash_on_next_stop: bool,
+    /// One-shot: the next admin_startSequencer that reaches the hash check answers
+    /// `block hash does not match` without starting.
+    pub(crate) hash_mismatch_on_next_start: bool,
     incarnation: Option<Incarnation>,
 }
 
@@ -136,6 +141,8 @@ impl NodeInner {
                 max_da: None,
                 produced: 0,
                 building: false,
+                zero_hash_on_next_stop: false,
+                hash_mismatch_on_next_start: false,
                 incarnation: None,
             }),
             net,
@@ -621,11 +628,13 @@ impl NodeInner {
             return Err(RpcError::server("sequencer already running"));
         }
         let head = st.head();
-        if head.hash != hash {
-            return Err(RpcError::server(format!(
+        if head.hash != hash || st.hash_mismatch_on_next_start {
+            let msg = format!(
                 "block hash does not match: head {}:{}, received {}",
                 head.hash, head.number, hash
-            )));
+            );
+            st.hash_mismatch_on_next_start = false;
+            return Err(RpcError::server(msg));
         }
         st.active = true;
         drop(st);
@@ -635,13 +644,14 @@ impl NodeInner {
     }
 
     pub(crate) async fn stop_sequencer(&self) -> Result<Value, RpcError> {
-        {
+        let zero_hash = {
             let mut st = self.st.lock();
             if !st.active {
                 return Err(RpcError::server("sequencer not running"));
             }
             st.active = false;
-        }
+            std::mem::take(&mut st.zero_hash_on_next_stop)
+        };
         tracing::info!(node = %self.name, "sequencer stopped");
         self.notify();
         let deadline = Instant::now() + STOP_WAIT;
@@ -652,7 +662,12 @@ impl NodeInner {
             {
                 let st = self.st.lock();
                 if !st.building || st.crashed || Instant::now() >= deadline {
-                    return Ok(Value::String(st.head().hash.to_string()));
+                    let hash = if zero_hash {
+                        B256::ZERO
+                    } else {
+                        st.head().hash
+                    };
+                    return Ok(Value::String(hash.to_string()));
                 }
             }
             tokio::select! {
@@ -689,6 +704,9 @@ pub struct NodeStatus {
     pub lag_ms: u64,
     pub conductor: Option<String>,
     pub blocks_produced: u64,
+    /// One-shot faults still armed (not yet fired).
+    pub zero_hash_on_next_stop: bool,
+    pub hash_mismatch_on_next_start: bool,
 }
 
 impl NodeHandle {
@@ -780,6 +798,21 @@ impl NodeHandle {
         self.inner.sequence_by_hand();
     }
 
+    /// One-shot: the next successful `admin_stopSequencer` still stops the sequencer but
+    /// returns the zero hash (some op-node versions do), not the head it stopped at.
+    pub fn zero_hash_on_next_stop(&self) {
+        tracing::info!(node = %self.inner.name, "zero hash on next stop");
+        self.inner.st.lock().zero_hash_on_next_stop = true;
+    }
+
+    /// One-shot: the next `admin_startSequencer` that gets past the conductor and
+    /// "already running" checks answers op-node's `block hash does not match: head <hash>:<n>,
+    /// received <hash>` (with the real head) and does not start, as if the head had moved.
+    pub fn hash_mismatch_on_next_start(&self) {
+        tracing::info!(node = %self.inner.name, "hash mismatch on next start");
+        self.inner.st.lock().hash_mismatch_on_next_start = true;
+    }
+
     /// Last `miner_setMaxDASize` arguments received on op-geth.
     pub fn last_max_da_size(&self) -> Option<(u64, u64)> {
         self.inner.st.lock().max_da
@@ -806,6 +839,8 @@ impl NodeHandle {
             lag_ms: st.lag.as_millis() as u64,
             conductor: st.conductor.clone(),
             blocks_produced: st.produced,
+            zero_hash_on_next_stop: st.zero_hash_on_next_stop,
+            hash_mismatch_on_next_start: st.hash_mismatch_on_next_start,
         }
     }
 }

@@ -650,3 +650,90 @@ async fn control_rpc() {
     assert_eq!(rpc_err(&url, "sim_crash", json!([9])).await.0, -32602);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_zero_hash_on_stop_and_hash_mismatch_on_start() {
+    let c = Cluster::start(cfg(2)).await.unwrap();
+    let port = c.serve_control(0).await.unwrap();
+    let ctl = format!("http://127.0.0.1:{port}");
+    let n = c.node(0);
+    let url = n.node_url();
+
+    // Armed on node 0 over the control RPC; node 1 is untouched.
+    call(&ctl, "sim_hashMismatchOnNextStart", json!([0]))
+        .await
+        .unwrap();
+    assert!(n.status().hash_mismatch_on_next_start);
+    assert!(!c.node(1).status().hash_mismatch_on_next_start);
+    let head = n.head();
+    assert_eq!(
+        rpc_err(&url, "admin_startSequencer", json!([head.hash])).await,
+        (
+            -32000,
+            format!(
+                "block hash does not match: head {}:{}, received {}",
+                head.hash, head.number, head.hash
+            )
+        )
+    );
+    assert!(
+        !n.is_active(),
+        "a refused start must not start the sequencer"
+    );
+    assert!(!n.status().hash_mismatch_on_next_start, "fired once");
+    // One-shot: the retry with the same hash starts.
+    assert_eq!(
+        call(&url, "admin_startSequencer", json!([head.hash]))
+            .await
+            .unwrap(),
+        Value::Null
+    );
+    assert!(n.is_active());
+    assert!(wait_until(3 * SEC, || n.head().number >= 1).await);
+
+    call(&ctl, "sim_zeroHashOnNextStop", json!([0]))
+        .await
+        .unwrap();
+    let stopped = call(&url, "admin_stopSequencer", json!([])).await.unwrap();
+    assert_eq!(
+        stopped,
+        json!(format!("0x{}", "0".repeat(64))),
+        "armed stop returns the zero hash"
+    );
+    assert!(!n.is_active(), "the node still stops");
+    assert!(!n.status().zero_hash_on_next_stop, "fired once");
+    let at_stop = n.head();
+    assert!(at_stop.number >= 1);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(n.head(), at_stop, "no blocks after stop");
+
+    // Both faults were consumed: normal behaviour again.
+    call(&url, "admin_startSequencer", json!([at_stop.hash]))
+        .await
+        .unwrap();
+    let stopped = call(&url, "admin_stopSequencer", json!([])).await.unwrap();
+    assert_eq!(stopped, json!(n.head().hash));
+    assert_ne!(stopped, json!(format!("0x{}", "0".repeat(64))));
+
+    // A failed stop ("not running") does not consume an armed zero hash.
+    n.zero_hash_on_next_stop();
+    assert_eq!(
+        rpc_err(&url, "admin_stopSequencer", json!([])).await,
+        (-32000, "sequencer not running".to_string())
+    );
+    let head = n.head();
+    call(&url, "admin_startSequencer", json!([head.hash]))
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&url, "admin_stopSequencer", json!([])).await.unwrap(),
+        json!(format!("0x{}", "0".repeat(64)))
+    );
+
+    assert_eq!(
+        rpc_err(&ctl, "sim_zeroHashOnNextStop", json!([9])).await.0,
+        -32602
+    );
+    assert!(c.check().is_clean(), "{}", c.check());
+    c.shutdown().await;
+}
