@@ -61,17 +61,12 @@ impl Response {
 
 /// The raw JSON `null`, used as the id of responses to unparsable requests and as an empty result.
 pub fn raw_null() -> Box<RawValue> {
-    RawValue::from_string("null".to_string()).unwrap_or_else(|_| unreachable_raw())
+    RawValue::NULL.to_owned()
 }
 
 /// Serializes a value into a raw JSON value.
 pub fn to_raw<T: Serialize>(value: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).unwrap_or_else(|_| raw_null())
-}
-
-fn unreachable_raw() -> Box<RawValue> {
-    // "null" is always valid JSON; this exists only so no unwrap is needed above.
-    serde_json::value::to_raw_value(&()).expect("unit serializes")
 }
 
 /// Empty params `[]`.
