@@ -496,7 +496,7 @@ impl Controller {
             Err(e) => {
                 self.s.metrics.etcd_errors.inc();
                 // One warning per outage; the details of every failed tick at debug.
-                if was_reachable {
+                if was_reachable || !self.status_tx.borrow().started {
                     tracing::warn!(error = %e, "cannot reach etcd: not contending; a leader steps down when its lease deadline passes");
                 } else {
                     tracing::debug!(error = %e, "etcd still unreachable");

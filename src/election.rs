@@ -194,6 +194,7 @@ pub async fn run_lease(
 ) {
     let ttl_secs = ttl.as_secs() as i64;
     let mut backoff = Duration::from_millis(100);
+    let mut failed_grants = 0u32;
     'grant: loop {
         if cancel.is_cancelled() {
             return;
@@ -207,7 +208,13 @@ pub async fn run_lease(
         {
             Ok(r) => r.id(),
             Err(e) => {
-                tracing::warn!(error = %e, "lease grant failed; retrying");
+                // At the first failure, then about every 30 s (retries back off to 2 s).
+                failed_grants += 1;
+                if failed_grants == 1 || failed_grants % 15 == 0 {
+                    tracing::warn!(error = %e, attempts = failed_grants, "cannot get an etcd lease; retrying");
+                } else {
+                    tracing::debug!(error = %e, "lease grant failed");
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -217,6 +224,7 @@ pub async fn run_lease(
             }
         };
         backoff = Duration::from_millis(100);
+        failed_grants = 0;
         let mut state = LeaseState {
             id,
             valid_until: deadline(sent, ttl, ttl),

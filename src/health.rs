@@ -209,6 +209,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut filter = Hysteresis::new(cfg.failures, cfg.successes);
     let mut samples = 0u64;
+    let reminder_every =
+        (Duration::from_secs(30).as_millis() / cfg.interval.as_millis().max(1)).max(1) as u64;
     loop {
         tokio::select! {
             biased;
@@ -228,14 +230,27 @@ pub async fn run(
             Ok(st) => (Some(st.unsafe_l2.id()), st.unsafe_l2.timestamp),
             Err(_) => (None, 0),
         };
+        let summary = || {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         if was != healthy {
             if healthy {
                 tracing::info!("node healthy");
             } else {
-                tracing::warn!(problems = %problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), "node unhealthy");
+                tracing::warn!(problems = %summary(), "node unhealthy");
             }
         } else if !problems.is_empty() {
-            tracing::debug!(problems = ?problems, "health check failed");
+            // A node that was never healthy (wrong URL, still syncing) has no transition to
+            // log: say so at the first check and then every ~30 s while it lasts.
+            if !healthy && (samples == 1 || samples % reminder_every == 0) {
+                tracing::warn!(problems = %summary(), "node not healthy; not contending");
+            } else {
+                tracing::debug!(problems = ?problems, "health check failed");
+            }
         }
         let reachable = s.sync.is_ok();
         tx.send_replace(Health {
