@@ -479,18 +479,12 @@ async fn leader_cut_off_from_etcd_cannot_publish_and_rejoins_as_follower() {
 
 // === a new leader behind the committed head ===
 
-/// The only candidate misses exactly the last committed block: it must post the stored
-/// payload to its node and lead at once, not sit out the catch-up timeout (set to 60 s here,
-/// so a candidate that merely waited would miss the 30 s bound by far).
-///
-/// Set-up: the third sidecar is killed, so the chosen candidate is the only one. The
-/// candidate's gossip is cut right after it received the leader's latest block, and the
-/// leader's head is stalled right after it committed and inserted exactly one more. Its head
-/// goes stale, its sidecar hands over to the candidate, whose node lacks that one block and,
-/// with gossip cut, cannot get it any other way than from the sidecar.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_leader_one_block_behind_is_repaired_with_the_stored_payload() {
-    let opts = FixtureOpts::conductor().flag("--handover.catchup-timeout", "60s");
+/// Set-up shared by the "behind" scenarios: a conductor-mode cluster with leader `l`, the third
+/// sidecar `d` killed (so candidate `c` is the only one), and `c`'s gossip cut right after its
+/// node holds the leader's head. Returns the fixture, `l`, `c`, `d` and `c`'s head at the cut.
+async fn candidate_cut_off_at_the_leaders_head(
+    opts: FixtureOpts,
+) -> (Fixture, usize, usize, usize, op_node_sim::BlockRef) {
     let mut f = Fixture::start(3, opts).await;
     let l = f.wait_single_active(SETTLE).await;
     f.wait_leader_producing(SETTLE).await;
@@ -506,6 +500,22 @@ async fn new_leader_one_block_behind_is_repaired_with_the_stored_payload() {
     .await;
     f.node(c).cut_gossip(true);
     let behind = f.node(c).head();
+    (f, l, c, d, behind)
+}
+
+/// The only candidate misses exactly the last committed block: it must post the stored
+/// payload to its node and lead at once, not sit out the catch-up timeout (set to 60 s here,
+/// so a candidate that merely waited would miss the 30 s bound by far).
+///
+/// Set-up: the third sidecar is killed, so the chosen candidate is the only one. The
+/// candidate's gossip is cut right after it received the leader's latest block, and the
+/// leader's head is stalled right after it committed and inserted exactly one more. Its head
+/// goes stale, its sidecar hands over to the candidate, whose node lacks that one block and,
+/// with gossip cut, cannot get it any other way than from the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_one_block_behind_is_repaired_with_the_stored_payload() {
+    let opts = FixtureOpts::conductor().flag("--handover.catchup-timeout", "60s");
+    let (mut f, l, c, d, behind) = candidate_cut_off_at_the_leaders_head(opts).await;
     wait_fast(
         Duration::from_secs(10),
         "the leader to seal one more block",
@@ -565,21 +575,7 @@ async fn new_leader_one_block_behind_is_repaired_with_the_stored_payload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_leader_three_blocks_behind_gives_way_and_the_chain_resumes() {
     let opts = FixtureOpts::conductor().flag("--handover.catchup-timeout", "5s");
-    let mut f = Fixture::start(3, opts).await;
-    let l = f.wait_single_active(SETTLE).await;
-    f.wait_leader_producing(SETTLE).await;
-    let (c, d) = ((l + 1) % 3, (l + 2) % 3);
-    f.sidecar(d).kill();
-    wait_member_gone(&f, d).await;
-
-    wait_fast(
-        Duration::from_secs(10),
-        "the candidate to hold the leader's head",
-        || f.node(c).head() == f.node(l).head(),
-    )
-    .await;
-    f.node(c).cut_gossip(true);
-    let behind = f.node(c).head();
+    let (mut f, l, c, d, behind) = candidate_cut_off_at_the_leaders_head(opts).await;
     wait_until(
         Duration::from_secs(15),
         "the leader to seal three more blocks",
