@@ -333,14 +333,12 @@ async fn lease_expiry(mut lease: watch::Receiver<Option<LeaseState>>, id: i64) {
 /// Why leadership ends; decides what is recorded and whether we stand back afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
-    /// Orderly: stop, record the stopped head, resign.
+    /// Stop, record the stopped head and resign (fenced: if the key is no longer ours, as after
+    /// the lease deadline passed, nothing is written and the key expires by itself).
     Resign,
     /// Handover failed (could not catch up or start): resign and stand back for a while so a
     /// better candidate wins; if none does we contend again (L3: never halt the chain).
     GiveWay,
-    /// The lease is no longer valid locally: stop first, then try to resign in case etcd still
-    /// holds our key.
-    LeaseLost,
 }
 
 struct Controller {
@@ -440,7 +438,7 @@ impl Controller {
                     if expired && self.leading().is_some() {
                         self.step_down(
                             "lease deadline passed while waiting on etcd or the node",
-                            Exit::LeaseLost,
+                            Exit::Resign,
                         )
                         .await;
                     }
@@ -540,7 +538,7 @@ impl Controller {
         // Safety first: the local deadline, whatever etcd says or fails to say.
         if !self.lease_valid_for(&l) {
             return self
-                .step_down("lease is no longer valid locally", Exit::LeaseLost)
+                .step_down("lease is no longer valid locally", Exit::Resign)
                 .await;
         }
         if self.paused {
@@ -551,7 +549,7 @@ impl Controller {
                 Some(cur) if cur.key == l.key && cur.epoch == l.epoch => {}
                 _ => {
                     return self
-                        .step_down("leader key is gone from etcd", Exit::LeaseLost)
+                        .step_down("leader key is gone from etcd", Exit::Resign)
                         .await
                 }
             }

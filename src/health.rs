@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
@@ -135,11 +135,8 @@ pub struct Health {
     pub problems: Vec<Problem>,
     /// The unsafe head of the latest sample that reached op-node.
     pub head: Option<BlockId>,
-    pub head_timestamp: u64,
     /// Whether the latest sample reached op-node at all.
     pub reachable: bool,
-    pub samples: u64,
-    pub updated: Instant,
 }
 
 impl Health {
@@ -148,10 +145,7 @@ impl Health {
             healthy: false,
             problems: vec![],
             head: None,
-            head_timestamp: 0,
             reachable: false,
-            samples: 0,
-            updated: Instant::now(),
         }
     }
 
@@ -226,10 +220,7 @@ pub async fn run(
         let problems = evaluate(&s, unix_now(), &cfg);
         let was = filter.healthy();
         let healthy = filter.observe(problems.is_empty());
-        let (head, head_timestamp) = match &s.sync {
-            Ok(st) => (Some(st.unsafe_l2.id()), st.unsafe_l2.timestamp),
-            Err(_) => (None, 0),
-        };
+        let head = s.sync.as_ref().ok().map(|st| st.unsafe_l2.id());
         let summary = || {
             problems
                 .iter()
@@ -257,10 +248,7 @@ pub async fn run(
             healthy,
             problems,
             head,
-            head_timestamp,
             reachable,
-            samples,
-            updated: Instant::now(),
         });
     }
 }
