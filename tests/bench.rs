@@ -19,6 +19,8 @@
 
 mod common;
 
+use op_node_sim::hex_encode;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -304,6 +306,18 @@ async fn load(
     max_time: Duration,
     max_calls: usize,
 ) -> Load {
+    load_judged(http, t, clients, max_time, max_calls, |t, v| *v == t.expect).await
+}
+
+/// [`load`] with `ok` deciding which answers count as successes.
+async fn load_judged(
+    http: &Http,
+    t: &Target,
+    clients: usize,
+    max_time: Duration,
+    max_calls: usize,
+    ok: fn(&Target, &Value) -> bool,
+) -> Load {
     let started = Arc::new(AtomicUsize::new(0));
     let begin = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
@@ -317,7 +331,7 @@ async fn load(
                 let r = http.call_body(&t.url, t.body.clone()).await;
                 let dt = t0.elapsed().as_secs_f64() * 1000.0;
                 match r {
-                    Ok(v) if v == t.expect => l.lat_ms.push(dt),
+                    Ok(v) if ok(&t, &v) => l.lat_ms.push(dt),
                     Ok(v) => {
                         l.errors += 1;
                         l.first_error
@@ -923,57 +937,16 @@ async fn sync_load(
     max_time: Duration,
     max_calls: usize,
 ) -> Load {
-    let started = Arc::new(AtomicUsize::new(0));
-    let begin = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (http, t, started) = (http.clone(), t.clone(), started.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut l = Load::default();
-            while begin.elapsed() < max_time && started.fetch_add(1, Ordering::Relaxed) < max_calls
-            {
-                let t0 = Instant::now();
-                let r = http.call_body(&t.url, t.body.clone()).await;
-                let dt = t0.elapsed().as_secs_f64() * 1000.0;
-                match r {
-                    Ok(v) if v.get("unsafe_l2").is_some() => l.lat_ms.push(dt),
-                    Ok(v) => {
-                        l.errors += 1;
-                        l.first_error
-                            .get_or_insert_with(|| format!("unexpected result {v}"));
-                    }
-                    Err(e) => {
-                        l.errors += 1;
-                        l.first_error.get_or_insert(e);
-                    }
-                }
-            }
-            l
-        }));
-    }
-    let mut total = Load::default();
-    for task in tasks {
-        total.merge(task.await.unwrap());
-    }
-    total.elapsed = begin.elapsed();
-    total
+    load_judged(http, t, clients, max_time, max_calls, |_, v| {
+        v.get("unsafe_l2").is_some()
+    })
+    .await
 }
 
 // === b: commitUnsafePayload against a raw etcd Txn ===
 
-fn hex(bytes: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("0x");
-    for b in bytes {
-        s.push(D[(b >> 4) as usize] as char);
-        s.push(D[(b & 15) as usize] as char);
-    }
-    s
-}
-
 fn random_hash() -> String {
-    hex(&rand::random::<[u8; 32]>())
+    hex_encode(&rand::random::<[u8; 32]>())
 }
 
 /// The `transactions` array body: `bytes` of fake transaction data in 4 KiB transactions.
@@ -989,7 +962,7 @@ fn transactions_json(bytes: usize) -> String {
                 k
             })
             .collect();
-        parts.push(format!("\"{}\"", hex(&tx)));
+        parts.push(format!("\"{}\"", hex_encode(&tx)));
         left -= n;
     }
     parts.join(",")

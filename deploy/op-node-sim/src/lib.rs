@@ -19,4 +19,4 @@ mod types;
 pub use cluster::{Cluster, ClusterConfig, NodeConfig};
 pub use ledger::{BrokenLink, InvariantReport, Ledger, PublishedBlock, Rewind};
 pub use node::{NodeHandle, NodeStatus};
-pub use types::BlockRef;
+pub use types::{hex_encode, BlockRef};
