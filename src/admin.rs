@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
+use crate::status::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
@@ -56,8 +56,9 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
-            let st = s.status.borrow();
-            let health = s.health.borrow();
+            // Copies, not guards: see `Shared::leader_now`.
+            let st = s.status_now();
+            let health = s.health_now();
             let body = serde_json::json!({
                 "ready": st.started && st.etcd_reachable && !st.shutting_down,
                 "leader": s.leader_now().is_some(),

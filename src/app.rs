@@ -13,10 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use etcd_client::{TxnOp, WatchOptions};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::best_candidate;
 use crate::cluster::{self, View};
 use crate::commit::{self, Committer};
 use crate::config::Config;
@@ -26,99 +27,7 @@ use crate::metrics::Metrics;
 use crate::rpc::client::HttpClient;
 use crate::sequencer::{is_zero_hash, BlockId, NodeClient, StartError, StartOutcome, StopOutcome};
 use crate::state::{unix_ms, HeadRecord, Keys, MemberRecord, StoppedRecord, TransferRecord};
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// How op-node is driven, detected with `admin_conductorEnabled` at each handover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Unknown,
-    /// op-node runs `--sequencer.stopped`; only the sidecar starts and stops it.
-    Driven,
-    /// op-node runs `--conductor.enabled` and commits every block through us.
-    Conductor,
-}
-
-/// What the control loop publishes for the RPC and admin servers.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// Set from winning the key until stepping down (handover included).
-    pub leading: Option<Leadership>,
-    /// The leader gate: `conductor_leader` / `requestBuildingBlock` may answer yes. Raised
-    /// before `admin_startSequencer`, lowered before `admin_stopSequencer`.
-    pub gate: bool,
-    pub paused: bool,
-    pub mode: Mode,
-    pub node_active: Option<bool>,
-    pub etcd_reachable: bool,
-    /// The leader in the latest view, with its advertised RPC URL; for routing proxied calls.
-    pub leader: Option<LeaderRef>,
-    /// The control loop has completed at least one tick.
-    pub started: bool,
-    /// Stopped by `conductor_stop`: acts no more until restarted.
-    pub stopped: bool,
-    pub shutting_down: bool,
-}
-
-impl Status {
-    fn initial(paused: bool) -> Self {
-        Status {
-            leading: None,
-            gate: false,
-            paused,
-            mode: Mode::Unknown,
-            node_active: None,
-            etcd_reachable: false,
-            leader: None,
-            started: false,
-            stopped: false,
-            shutting_down: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderRef {
-    pub id: String,
-    pub rpc: Option<String>,
-}
-
-/// Requests from the RPC server to the control loop.
-#[derive(Debug)]
-pub enum Command {
-    SetPaused(bool, oneshot::Sender<Result<(), String>>),
-    /// `conductor_stop`: step down and stop acting until the process restarts.
-    Stop(oneshot::Sender<()>),
-}
-
-/// What RPC handlers may use. Only the control loop calls the local sequencer's start/stop.
-pub struct Shared {
-    pub config: Config,
-    pub election: Election,
-    pub node: NodeClient,
-    pub http: HttpClient,
-    pub status: watch::Receiver<Status>,
-    pub lease: watch::Receiver<Option<LeaseState>>,
-    pub health: watch::Receiver<Health>,
-    pub commands: mpsc::Sender<Command>,
-    pub metrics: Arc<Metrics>,
-    pub committer: Committer,
-    /// `conductor_overrideLeader`: an operator's escape hatch when etcd is lost for good; makes
-    /// `conductor_leader` say yes and lets commits through unfenced. Off unless set.
-    pub leader_override: AtomicBool,
-}
-
-impl Shared {
-    /// Our leadership if, right now, the gate is up and the lease is locally valid. Answered from
-    /// memory with the monotonic clock, so a sidecar resumed after SIGSTOP says no at once.
-    pub fn leader_now(&self) -> Option<Leadership> {
-        let status = self.status.borrow();
-        let lease = *self.lease.borrow();
-        let leading = status.leading.as_ref()?;
-        let valid = lease.is_some_and(|l| l.id == leading.lease && l.valid_at(Instant::now()));
-        (status.gate && valid).then(|| leading.clone())
-    }
-}
+use crate::status::{Command, LeaderRef, Mode, Shared, Status, VERSION};
 
 /// Binds the configured listeners and runs until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -1142,46 +1051,9 @@ impl Controller {
     }
 }
 
-/// Who an unhealthy leader hands over to: an unpaused member at most one block behind the
-/// reference head (ours or the recorded one), excluding `me`. Healthy members first; then members
-/// whose only problem is a stale head, because when the leader stops producing every follower's
-/// head goes stale too, and refusing them would halt the chain (L2). Among equals, the highest head.
-pub fn best_candidate(view: &View, me: &str, my_head: Option<&BlockId>) -> Option<String> {
-    let reference = my_head
-        .map(|b| b.number)
-        .into_iter()
-        .chain(view.recorded_head().map(|b| b.number))
-        .max()
-        .unwrap_or(0);
-    view.members
-        .values()
-        .filter(|m| m.id != me && !m.paused && (m.healthy || m.only_stale))
-        .filter_map(|m| m.head.as_ref().map(|h| (m.healthy, h.number, m.id.clone())))
-        .filter(|(_, n, _)| n + 1 >= reference)
-        .max()
-        .map(|(_, _, id)| id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(id: &str, healthy: bool, n: u64) -> MemberRecord {
-        MemberRecord {
-            id: id.into(),
-            rpc: String::new(),
-            node: String::new(),
-            healthy,
-            only_stale: !healthy,
-            paused: false,
-            active: false,
-            head: Some(BlockId {
-                number: n,
-                hash: format!("0x{n:x}"),
-            }),
-            version: String::new(),
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn lease_expiry_fires_at_the_deadline_and_follows_extensions() {
@@ -1210,62 +1082,5 @@ mod tests {
         assert_eq!(Instant::now(), before);
         tx.send_replace(None);
         lease_expiry(rx, 7).await;
-    }
-
-    #[test]
-    fn candidate_must_be_healthy_and_caught_up() {
-        let mut v = View::default();
-        for m in [
-            member("a", true, 10),
-            member("b", false, 10),
-            member("c", true, 7),
-            member("d", true, 9),
-        ] {
-            v.members.insert(m.id.clone(), m);
-        }
-        let head = BlockId {
-            number: 10,
-            hash: "0xa".into(),
-        };
-        assert_eq!(best_candidate(&v, "me", Some(&head)), Some("a".into()));
-        assert_eq!(best_candidate(&v, "a", Some(&head)), Some("d".into()));
-        v.members.remove("d");
-        v.members.get_mut("b").expect("b").only_stale = false;
-        assert_eq!(
-            best_candidate(&v, "a", Some(&head)),
-            None,
-            "b unreachable, c three blocks behind"
-        );
-    }
-
-    #[test]
-    fn stale_but_caught_up_member_is_a_candidate_when_no_one_is_healthy() {
-        // The leader stalled: every follower's head is as old as the leader's.
-        let mut v = View::default();
-        for m in [
-            member("a", false, 10),
-            member("b", false, 10),
-            member("c", true, 6),
-        ] {
-            v.members.insert(m.id.clone(), m);
-        }
-        let head = BlockId {
-            number: 10,
-            hash: "0xa".into(),
-        };
-        assert_eq!(best_candidate(&v, "a", Some(&head)), Some("b".into()));
-        v.members.get_mut("b").expect("b").only_stale = false;
-        assert_eq!(
-            best_candidate(&v, "a", Some(&head)),
-            None,
-            "an unreachable node is never a candidate"
-        );
-        v.members.insert("d".into(), member("d", true, 9));
-        v.members.get_mut("b").expect("b").only_stale = true;
-        assert_eq!(
-            best_candidate(&v, "a", Some(&head)),
-            Some("d".into()),
-            "healthy beats stale"
-        );
     }
 }

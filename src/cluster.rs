@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use crate::election::{get_responses, leader_of, Election, ElectionError, LeaderInfo};
+use crate::sequencer::BlockId;
 use crate::state::{unix_ms, HeadRecord, MemberRecord, StoppedRecord, TransferRecord};
 
 /// A consistent snapshot of one chain's shared state (all read at one etcd revision).
@@ -163,4 +164,103 @@ pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), Elec
         )])
         .and_then(vec![TxnOp::delete(e.keys().transfer(), None)]);
     e.txn(txn).await.map(|_| ())
+}
+
+/// Who an unhealthy leader hands over to: an unpaused member at most one block behind the
+/// reference head (ours or the recorded one), excluding `me`. Healthy members first; then members
+/// whose only problem is a stale head, because when the leader stops producing every follower's
+/// head goes stale too, and refusing them would halt the chain (L2). Among equals, the highest head.
+pub fn best_candidate(view: &View, me: &str, my_head: Option<&BlockId>) -> Option<String> {
+    let reference = my_head
+        .map(|b| b.number)
+        .into_iter()
+        .chain(view.recorded_head().map(|b| b.number))
+        .max()
+        .unwrap_or(0);
+    view.members
+        .values()
+        .filter(|m| m.id != me && !m.paused && (m.healthy || m.only_stale))
+        .filter_map(|m| m.head.as_ref().map(|h| (m.healthy, h.number, m.id.clone())))
+        .filter(|(_, n, _)| n + 1 >= reference)
+        .max()
+        .map(|(_, _, id)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, healthy: bool, n: u64) -> MemberRecord {
+        MemberRecord {
+            id: id.into(),
+            rpc: String::new(),
+            node: String::new(),
+            healthy,
+            only_stale: !healthy,
+            paused: false,
+            active: false,
+            head: Some(BlockId {
+                number: n,
+                hash: format!("0x{n:x}"),
+            }),
+            version: String::new(),
+        }
+    }
+
+    #[test]
+    fn candidate_must_be_healthy_and_caught_up() {
+        let mut v = View::default();
+        for m in [
+            member("a", true, 10),
+            member("b", false, 10),
+            member("c", true, 7),
+            member("d", true, 9),
+        ] {
+            v.members.insert(m.id.clone(), m);
+        }
+        let head = BlockId {
+            number: 10,
+            hash: "0xa".into(),
+        };
+        assert_eq!(best_candidate(&v, "me", Some(&head)), Some("a".into()));
+        assert_eq!(best_candidate(&v, "a", Some(&head)), Some("d".into()));
+        v.members.remove("d");
+        v.members.get_mut("b").expect("b").only_stale = false;
+        assert_eq!(
+            best_candidate(&v, "a", Some(&head)),
+            None,
+            "b unreachable, c three blocks behind"
+        );
+    }
+
+    #[test]
+    fn stale_but_caught_up_member_is_a_candidate_when_no_one_is_healthy() {
+        // The leader stalled: every follower's head is as old as the leader's.
+        let mut v = View::default();
+        for m in [
+            member("a", false, 10),
+            member("b", false, 10),
+            member("c", true, 6),
+        ] {
+            v.members.insert(m.id.clone(), m);
+        }
+        let head = BlockId {
+            number: 10,
+            hash: "0xa".into(),
+        };
+        assert_eq!(best_candidate(&v, "a", Some(&head)), Some("b".into()));
+        v.members.get_mut("b").expect("b").only_stale = false;
+        assert_eq!(
+            best_candidate(&v, "a", Some(&head)),
+            None,
+            "an unreachable node is never a candidate"
+        );
+        v.members.insert("d".into(), member("d", true, 9));
+        v.members.get_mut("b").expect("b").only_stale = true;
+        assert_eq!(
+            best_candidate(&v, "a", Some(&head)),
+            Some("d".into()),
+            "healthy beats stale"
+        );
+    }
 }

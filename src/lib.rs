@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod rpc;
 pub mod sequencer;
 pub mod state;
+pub mod status;
 pub mod transfer;

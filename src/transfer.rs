@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::app::Shared;
 use crate::cluster::{self, View};
 use crate::election::ElectionError;
 use crate::sequencer::NodeClient;
 use crate::state::{unix_ms, TransferRecord};
+use crate::status::Shared;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum TransferError {

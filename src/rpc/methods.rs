@@ -15,8 +15,8 @@ use crate::commit::CommitError;
 use super::error::RpcError;
 use super::proxy::{self, Upstream};
 use super::types::{raw_empty_params, raw_null, to_raw};
-use crate::app::{Command, Shared, VERSION};
 use crate::cluster;
+use crate::status::{Command, Shared, VERSION};
 use crate::transfer::{self, TransferError};
 
 /// Every method name answered here, for metric labels (unknown names are folded into one label).
@@ -202,7 +202,7 @@ pub async fn call(
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
             let me = view.leader.as_ref().map(|l| l.id.clone()).unwrap_or_default();
             let head = view.leader_member().and_then(|m| m.head.clone());
-            let target = crate::app::best_candidate(&view, &me, head.as_ref())
+            let target = crate::cluster::best_candidate(&view, &me, head.as_ref())
                 .ok_or_else(|| RpcError::Server("no healthy, caught-up server to transfer leadership to".into()))?;
             transfer::transfer_to(s, &target).await?;
             Ok(raw_null())

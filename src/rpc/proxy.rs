@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use super::client::CallError;
 use super::error::RpcError;
 use super::server::FORWARDED;
-use crate::app::Shared;
+use crate::status::Shared;
 
 /// Which of the leader's processes answers a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

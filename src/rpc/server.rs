@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::error::{ErrorObject, RpcError};
 use super::types::{raw_null, Request as RpcRequest, Response};
-use crate::app::Shared;
+use crate::status::Shared;
 
 /// Header marking a call forwarded by another sidecar; a forwarded call is never forwarded again.
 pub const FORWARDED: &str = "x-op-sidecar-forwarded";

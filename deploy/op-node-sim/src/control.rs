@@ -55,6 +55,12 @@ async fn dispatch(
                 .ok_or_else(|| RpcError::invalid_params("argument 1 must be milliseconds"))?;
             node(nodes, params)?.set_lag(Duration::from_millis(ms));
         }
+        "sim_rpcDelay" => {
+            let ms = param(params, 1)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| RpcError::invalid_params("argument 1 must be milliseconds"))?;
+            node(nodes, params)?.set_rpc_delay(Duration::from_millis(ms));
+        }
         "sim_peerCount" => {
             let n = match param(params, 1) {
                 None => None,

@@ -49,6 +49,8 @@ pub(crate) struct NodeState {
     pub(crate) hung: bool,
     pub(crate) stalled: bool,
     pub(crate) lag: Duration,
+    /// Every op-node RPC request waits this long before it is handled (a slow, not dead, node).
+    pub(crate) rpc_delay: Duration,
     pub(crate) gossip_cut: bool,
     pub(crate) peer_override: Option<u64>,
     pub(crate) conductor: Option<String>,
@@ -133,6 +135,7 @@ impl NodeInner {
                 hung: false,
                 stalled: false,
                 lag: Duration::ZERO,
+                rpc_delay: Duration::ZERO,
                 gossip_cut: false,
                 peer_override: None,
                 conductor,
@@ -161,6 +164,10 @@ impl NodeInner {
 
     /// Hangs while op-node RPC must not answer.
     pub(crate) async fn rpc_gate(&self) {
+        let delay = self.st.lock().rpc_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut rx = self.gate.subscribe();
         if rx.wait_for(|blocked| !*blocked).await.is_err() {
             std::future::pending::<()>().await;
@@ -263,6 +270,10 @@ impl NodeInner {
 
     pub(crate) fn set_lag(&self, d: Duration) {
         self.st.lock().lag = d;
+    }
+
+    pub(crate) fn set_rpc_delay(&self, d: Duration) {
+        self.st.lock().rpc_delay = d;
     }
 
     pub(crate) fn set_gossip_cut(&self, on: bool) {
@@ -702,6 +713,7 @@ pub struct NodeStatus {
     pub stalled: bool,
     pub gossip_cut: bool,
     pub lag_ms: u64,
+    pub rpc_delay_ms: u64,
     pub conductor: Option<String>,
     pub blocks_produced: u64,
     /// One-shot faults still armed (not yet fired).
@@ -782,6 +794,12 @@ impl NodeHandle {
         self.inner.set_lag(d);
     }
 
+    /// Every op-node RPC request is handled only after `d` (zero: at once): a slow node,
+    /// answering near the caller's timeouts.
+    pub fn set_rpc_delay(&self, d: Duration) {
+        self.inner.set_rpc_delay(d);
+    }
+
     /// Neither sends nor receives gossip while on.
     pub fn cut_gossip(&self, on: bool) {
         self.inner.set_gossip_cut(on);
@@ -837,6 +855,7 @@ impl NodeHandle {
             stalled: st.stalled,
             gossip_cut: st.gossip_cut,
             lag_ms: st.lag.as_millis() as u64,
+            rpc_delay_ms: st.rpc_delay.as_millis() as u64,
             conductor: st.conductor.clone(),
             blocks_produced: st.produced,
             zero_hash_on_next_stop: st.zero_hash_on_next_stop,
