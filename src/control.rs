@@ -39,7 +39,6 @@ pub struct Controller {
     commands: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
-    role: Role,
     term: Option<Term>,
     paused: bool,
     mode: Mode,
@@ -74,7 +73,6 @@ impl Controller {
             commands,
             wake,
             cancel,
-            role: Role::Follower,
             term: None,
             paused,
             mode: Mode::Unknown,
@@ -102,6 +100,10 @@ impl Controller {
         };
         self.s.metrics.is_leader.set(i64::from(gate));
         self.s.metrics.paused.set(i64::from(paused));
+    }
+
+    fn set_role(&self, role: Role) {
+        self.publish(|s| s.role = role);
     }
 
     fn timing(&self) -> Timing {
@@ -146,22 +148,23 @@ impl Controller {
             }
             match self.term.clone() {
                 Some(term) => {
-                    let lapsed = match self.role {
-                        Role::Candidate => self.candidate(&term).await.is_err(),
-                        _ => term.run(self.lead_step(&term)).await.is_err(),
+                    // The step decides; stepping down runs outside the race, so the lease
+                    // deadline can never cut a step-down short.
+                    let why = match term.run(self.lead_step(&term)).await {
+                        Ok(None) => None,
+                        Ok(Some(why)) => Some(why),
+                        Err(Lapsed) => Some(
+                            "lease deadline passed while waiting on etcd or the node".to_string(),
+                        ),
                     };
-                    if lapsed && self.term.is_some() {
-                        self.step_down(
-                            "lease deadline passed while waiting on etcd or the node",
-                            Exit::Resign,
-                        )
-                        .await;
+                    if let Some(why) = why {
+                        self.step_down(&why, Exit::Resign).await;
                     }
                 }
                 None => {
                     if let Some(term) = self.follow_step().await {
                         self.term = Some(term.clone());
-                        self.role = Role::Candidate;
+                        self.set_role(Role::Candidate);
                         if self.candidate(&term).await.is_err() && self.term.is_some() {
                             self.step_down(
                                 "lease deadline passed during the handover",
@@ -386,7 +389,7 @@ impl Controller {
         };
         match result {
             Ok((head, view)) => {
-                self.role = Role::Leader;
+                self.set_role(Role::Leader);
                 self.leading_since = Some(Instant::now());
                 self.s
                     .metrics
@@ -718,8 +721,8 @@ impl Controller {
 
     // === leader ===
 
-    /// One leader tick; runs inside the term.
-    async fn lead_step(&mut self, term: &Term) {
+    /// One leader tick; runs inside the term. Returns why to step down, if it must.
+    async fn lead_step(&mut self, term: &Term) -> Option<String> {
         let l = &term.leadership;
         let health = self.s.health_now();
         self.s.metrics.healthy.set(i64::from(health.healthy));
@@ -740,7 +743,7 @@ impl Controller {
             timing: self.timing(),
         });
         match plan.verdict {
-            Verdict::StepDown(why) => return self.step_down(&why, Exit::Resign).await,
+            Verdict::StepDown(why) => return Some(why),
             Verdict::HandOver { target, reason } => {
                 let t = TransferRecord {
                     target: target.clone(),
@@ -757,7 +760,7 @@ impl Controller {
                 )
                 .await
                 {
-                    Ok(true) => return self.step_down(&reason, Exit::Resign).await,
+                    Ok(true) => return Some(reason),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "could not record the handover"),
                 }
@@ -787,6 +790,7 @@ impl Controller {
             self.repair_one_block(&committed).await;
         }
         self.publish_member(&health).await;
+        None
     }
 
     /// Driven mode: the leader records the head it sees each tick (fenced), so a successor knows
@@ -828,7 +832,7 @@ impl Controller {
     async fn step_down(&mut self, reason: &str, exit: Exit) {
         let Some(term) = self.term.take() else { return };
         let l = term.leadership.clone();
-        self.role = Role::SteppingDown;
+        self.set_role(Role::SteppingDown);
         self.publish(|s| s.gate = false);
         tracing::warn!(reason, epoch = l.epoch, mode = ?self.mode, "stepping down");
         let node_limit = Duration::from_secs(2);
@@ -845,7 +849,7 @@ impl Controller {
             self.resign(&l, stopped).await;
         }
         self.publish(|s| s.leading = None);
-        self.role = Role::Follower;
+        self.set_role(Role::Follower);
         self.leading_since = None;
         self.s.committer.reset().await;
         self.recorded = None;
