@@ -8,7 +8,8 @@
 //! - [`app`]: wiring and the shutdown order; [`control`]: the control loop (the only caller of
 //!   start/stop); [`role`]: its decisions as pure functions; [`term`]: the lease-deadline bound
 //!   on every await made while holding or acquiring the lease; [`status`]: what it publishes.
-//! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`).
+//! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`); [`payload`]: the
+//!   stored form of a block (scanner, binary packing, chunks).
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
 
@@ -21,6 +22,7 @@ pub mod control;
 pub mod election;
 pub mod health;
 pub mod metrics;
+pub mod payload;
 pub mod role;
 pub mod rpc;
 pub mod sequencer;
