@@ -21,6 +21,11 @@ pub struct ClusterConfig {
     pub block_time: Duration,
     /// Fake transaction bytes per block in conductor payload envelopes.
     pub payload_bytes: usize,
+    /// If not empty, each block's payload size is picked at random from these instead (a mix
+    /// of block sizes); [`Cluster::set_payload_sizes`] changes it while running.
+    pub payload_mix: Vec<usize>,
+    /// op-node's `--conductor.rpc-timeout` (default 1 s): how long each commit attempt waits.
+    pub conductor_timeout: Duration,
     /// Per-node settings; may be shorter than `nodes` (missing = default).
     pub node_configs: Vec<NodeConfig>,
     /// Node i gets op-node port base+2i and op-geth port base+2i+1; None = ephemeral.
@@ -33,6 +38,8 @@ impl Default for ClusterConfig {
             nodes: 3,
             block_time: Duration::from_secs(1),
             payload_bytes: 1024,
+            payload_mix: Vec::new(),
+            conductor_timeout: Duration::from_secs(1),
             node_configs: Vec::new(),
             base_port: None,
         }
@@ -59,7 +66,17 @@ impl Cluster {
     /// Binds every node's two listeners and starts them, all with the sequencer stopped.
     pub async fn start(cfg: ClusterConfig) -> anyhow::Result<Cluster> {
         let genesis = Block::genesis(now_ms() / 1000);
-        let net = Arc::new(Network::new(cfg.block_time, cfg.payload_bytes, genesis));
+        let sizes = if cfg.payload_mix.is_empty() {
+            vec![cfg.payload_bytes]
+        } else {
+            cfg.payload_mix.clone()
+        };
+        let net = Arc::new(Network::new(
+            cfg.block_time,
+            sizes,
+            cfg.conductor_timeout,
+            genesis,
+        ));
         let mut nodes = Vec::with_capacity(cfg.nodes);
         let mut listeners = Vec::with_capacity(cfg.nodes);
         for i in 0..cfg.nodes {
@@ -116,6 +133,12 @@ impl Cluster {
     /// Checks the ledger's invariants now.
     pub fn check(&self) -> InvariantReport {
         self.ledger().check()
+    }
+
+    /// Payload size of every block sealed from now on: one size, or several picked at random
+    /// per block.
+    pub fn set_payload_sizes(&self, sizes: &[usize]) {
+        self.net.set_payload_sizes(sizes.to_vec());
     }
 
     /// Names of nodes whose sequencer is active and that are not crashed.

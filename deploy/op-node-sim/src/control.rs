@@ -73,6 +73,25 @@ async fn dispatch(
         "sim_sequenceByHand" => node(nodes, params)?.sequence_by_hand(),
         "sim_zeroHashOnNextStop" => node(nodes, params)?.zero_hash_on_next_stop(),
         "sim_hashMismatchOnNextStart" => node(nodes, params)?.hash_mismatch_on_next_start(),
+        "sim_loseNextCommitAck" => node(nodes, params)?.lose_next_commit_ack(),
+        "sim_payloadBytes" => {
+            // [sizes...]: every block sealed from now on gets one of these payload sizes.
+            let sizes: Vec<usize> = params
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|n| n as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if sizes.is_empty() {
+                return Err(RpcError::invalid_params(
+                    "params must be one or more byte counts",
+                ));
+            }
+            net.set_payload_sizes(sizes);
+        }
         "sim_setConductor" => {
             let url = param(params, 1).and_then(Value::as_str).map(str::to_string);
             node(nodes, params)?.set_conductor(url);

@@ -25,9 +25,18 @@ struct Args {
     /// Comma-separated conductor RPC URL per node (empty entry = no conductor for that node).
     #[arg(long, env = "OP_NODE_SIM_CONDUCTOR_RPC", value_delimiter = ',')]
     conductor_rpc: Vec<String>,
-    /// Fake transaction bytes per block in conductor payloads.
-    #[arg(long, env = "OP_NODE_SIM_PAYLOAD_BYTES", default_value_t = 1024)]
-    payload_bytes: usize,
+    /// Fake transaction bytes per block in conductor payloads; a comma list picks one of the
+    /// sizes at random for each block (a realistic mix, e.g. 50000,300000,1300000).
+    #[arg(
+        long,
+        env = "OP_NODE_SIM_PAYLOAD_BYTES",
+        value_delimiter = ',',
+        default_value = "1024"
+    )]
+    payload_bytes: Vec<usize>,
+    /// op-node's --conductor.rpc-timeout: how long each commit attempt waits.
+    #[arg(long, env = "OP_NODE_SIM_CONDUCTOR_RPC_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    conductor_rpc_timeout: Duration,
 }
 
 #[tokio::main]
@@ -51,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterConfig {
         nodes: args.nodes,
         block_time: args.block_time,
-        payload_bytes: args.payload_bytes,
+        payload_bytes: args.payload_bytes.first().copied().unwrap_or(0),
+        payload_mix: args.payload_bytes.clone(),
+        conductor_timeout: args.conductor_rpc_timeout,
         node_configs,
         base_port: args.base_port,
     })

@@ -18,7 +18,10 @@ pub(crate) const L1_CHAIN_ID: u64 = 900;
 /// State shared by every node of one cluster.
 pub(crate) struct Network {
     pub(crate) block_time: Duration,
-    pub(crate) payload_bytes: usize,
+    /// Fake transaction bytes per block: one size, or several picked at random per block.
+    payload_sizes: Mutex<Vec<usize>>,
+    /// op-node's `--conductor.rpc-timeout`.
+    pub(crate) conductor_timeout: Duration,
     pub(crate) genesis: Block,
     pub(crate) client: RpcClient,
     pub(crate) ledger: LedgerStore,
@@ -29,20 +32,40 @@ pub(crate) struct Network {
 }
 
 impl Network {
-    pub(crate) fn new(block_time: Duration, payload_bytes: usize, genesis: Block) -> Self {
+    pub(crate) fn new(
+        block_time: Duration,
+        payload_sizes: Vec<usize>,
+        conductor_timeout: Duration,
+        genesis: Block,
+    ) -> Self {
         let ledger = LedgerStore::default();
         ledger.record(&genesis);
         let mut store = HashMap::new();
         store.insert(genesis.hash, genesis.clone());
         Network {
             block_time,
-            payload_bytes,
+            payload_sizes: Mutex::new(payload_sizes),
+            conductor_timeout,
             genesis,
             client: RpcClient::new(),
             ledger,
             nodes: RwLock::new(Vec::new()),
             store: Mutex::new(store),
         }
+    }
+
+    /// Payload size of the next sealed block.
+    pub(crate) fn next_payload_bytes(&self) -> usize {
+        let sizes = self.payload_sizes.lock();
+        match sizes.len() {
+            0 => 0,
+            1 => sizes[0],
+            n => sizes[rand::random_range(0..n)],
+        }
+    }
+
+    pub(crate) fn set_payload_sizes(&self, sizes: Vec<usize>) {
+        *self.payload_sizes.lock() = sizes;
     }
 
     /// Production cadence in ms (at least 1).

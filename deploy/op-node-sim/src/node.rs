@@ -18,8 +18,7 @@ use crate::{api_geth, api_node, payload};
 
 /// Longest a background loop sleeps before re-checking its state.
 const MAX_IDLE: Duration = Duration::from_millis(250);
-/// op-node's `--conductor.rpc-timeout` default, and its retry discipline.
-const CONDUCTOR_TIMEOUT: Duration = Duration::from_secs(1);
+/// op-node's conductor retry discipline (the timeout is `--conductor.rpc-timeout`, per cluster).
 const CONDUCTOR_ATTEMPTS: usize = 2;
 const CONDUCTOR_GAP: Duration = Duration::from_millis(50);
 /// Back-off after a failed conductor commit before re-sealing.
@@ -65,6 +64,12 @@ pub(crate) struct NodeState {
     /// One-shot: the next admin_startSequencer that reaches the hash check answers
     /// `block hash does not match` without starting.
     pub(crate) hash_mismatch_on_next_start: bool,
+    /// One-shot: the next block whose build starts after this was set and whose commit
+    /// succeeds is treated as not committed, as if the answer never arrived (the sidecar
+    /// committed it; op-node backs off and re-seals the height).
+    pub(crate) lose_next_commit_ack: bool,
+    /// One-shot: payload size of the next block whose build starts.
+    pub(crate) next_payload_bytes: Option<usize>,
     incarnation: Option<Incarnation>,
 }
 
@@ -101,6 +106,10 @@ enum Step {
         parent: Block,
         conductor: Option<String>,
         coordinator: Option<(String, String)>,
+        /// A one-shot size for this block (else the network's).
+        payload_bytes: Option<usize>,
+        /// Whether `lose_next_commit_ack` was armed when this block's build started.
+        lose_ack: bool,
     },
 }
 
@@ -146,6 +155,8 @@ impl NodeInner {
                 building: false,
                 zero_hash_on_next_stop: false,
                 hash_mismatch_on_next_start: false,
+                lose_next_commit_ack: false,
+                next_payload_bytes: None,
                 incarnation: None,
             }),
             net,
@@ -474,6 +485,8 @@ impl NodeInner {
             parent,
             conductor: st.conductor.clone(),
             coordinator: st.coordinator.clone(),
+            payload_bytes: st.next_payload_bytes.take(),
+            lose_ack: st.lose_next_commit_ack,
         }
     }
 
@@ -494,8 +507,12 @@ impl NodeInner {
                     parent,
                     conductor,
                     coordinator,
+                    payload_bytes,
+                    lose_ack,
                 } => {
-                    self.build(parent, conductor, coordinator, &token).await;
+                    let faults = (payload_bytes, lose_ack);
+                    self.build(parent, conductor, coordinator, faults, &token)
+                        .await;
                     continue;
                 }
             };
@@ -512,6 +529,7 @@ impl NodeInner {
         parent: Block,
         conductor: Option<String>,
         coordinator: Option<(String, String)>,
+        (payload_bytes, lose_ack): (Option<usize>, bool),
         token: &CancellationToken,
     ) {
         if let Some((url, name)) = coordinator {
@@ -542,19 +560,35 @@ impl NodeInner {
             sched_ms: parent.sched_ms + self.net.bt_ms(),
         };
         if let Some(url) = conductor {
-            let env = payload::encode(&block, self.net.payload_bytes);
-            let r = self
-                .net
-                .client
-                .call_retry(
-                    &url,
-                    "conductor_commitUnsafePayload",
-                    json!([env]),
-                    CONDUCTOR_TIMEOUT,
-                    CONDUCTOR_ATTEMPTS,
-                    CONDUCTOR_GAP,
-                )
-                .await;
+            // Encoded on a blocking thread: a multi-MB envelope must not stall the runtime the
+            // other nodes (and, in tests, the test itself) run on; op-node is its own process.
+            let bytes = payload_bytes.unwrap_or_else(|| self.net.next_payload_bytes());
+            let sealed = block.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                let env = payload::encode(&sealed, bytes);
+                rpc::request_body("conductor_commitUnsafePayload", json!([env]))
+            })
+            .await
+            .unwrap_or_else(|e| Err(rpc::CallError::Transport(e.to_string())));
+            let mut r = match body {
+                Ok(body) => {
+                    self.net
+                        .client
+                        .call_body_retry(
+                            &url,
+                            body,
+                            self.net.conductor_timeout,
+                            CONDUCTOR_ATTEMPTS,
+                            CONDUCTOR_GAP,
+                        )
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if r.is_ok() && lose_ack && std::mem::take(&mut self.st.lock().lose_next_commit_ack) {
+                tracing::info!(node = %self.name, number = block.number, "commit acknowledgement lost (fault)");
+                r = Err(rpc::CallError::Timeout);
+            }
             if let Err(e) = r {
                 tracing::info!(node = %self.name, number = block.number, error = %e, "conductor commit failed; backing off");
                 self.finish_building();
@@ -619,7 +653,7 @@ impl NodeInner {
                     &url,
                     "conductor_leader",
                     json!([]),
-                    CONDUCTOR_TIMEOUT,
+                    self.net.conductor_timeout,
                     CONDUCTOR_ATTEMPTS,
                     CONDUCTOR_GAP,
                 )
@@ -719,6 +753,7 @@ pub struct NodeStatus {
     /// One-shot faults still armed (not yet fired).
     pub zero_hash_on_next_stop: bool,
     pub hash_mismatch_on_next_start: bool,
+    pub lose_next_commit_ack: bool,
 }
 
 impl NodeHandle {
@@ -831,6 +866,21 @@ impl NodeHandle {
         self.inner.st.lock().hash_mismatch_on_next_start = true;
     }
 
+    /// One-shot: of the blocks whose build starts from now on, the first whose conductor commit
+    /// succeeds is treated by this node as failed (its answer lost): the block stays committed
+    /// in etcd, but the node neither inserts nor gossips it, backs off and re-seals the same
+    /// height, as op-node does after a timeout.
+    pub fn lose_next_commit_ack(&self) {
+        tracing::info!(node = %self.inner.name, "lose next commit acknowledgement");
+        self.inner.st.lock().lose_next_commit_ack = true;
+    }
+
+    /// One-shot: the next block whose build starts from now on carries `n` bytes of
+    /// transactions, whatever the cluster's payload size.
+    pub fn next_block_payload_bytes(&self, n: usize) {
+        self.inner.st.lock().next_payload_bytes = Some(n);
+    }
+
     /// Last `miner_setMaxDASize` arguments received on op-geth.
     pub fn last_max_da_size(&self) -> Option<(u64, u64)> {
         self.inner.st.lock().max_da
@@ -860,6 +910,7 @@ impl NodeHandle {
             blocks_produced: st.produced,
             zero_hash_on_next_stop: st.zero_hash_on_next_stop,
             hash_mismatch_on_next_start: st.hash_mismatch_on_next_start,
+            lose_next_commit_ack: st.lose_next_commit_ack,
         }
     }
 }

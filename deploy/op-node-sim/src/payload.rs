@@ -24,21 +24,32 @@ fn extra_data(block: &Block) -> String {
 }
 
 fn fake_transactions(block: &Block, payload_bytes: usize) -> Vec<Value> {
-    let mut txs = Vec::new();
-    let mut left = payload_bytes;
+    if payload_bytes == 0 {
+        return Vec::new();
+    }
+    // One hex-encoded template per block, varied per transaction: multi-MiB payloads are built
+    // in milliseconds even in a debug build (the sealing node must not miss its slot).
     let seed = block.hash.0;
-    let mut k = 0usize;
+    let template: Vec<u8> = std::iter::once(0x02u8)
+        .chain((1..TX_CHUNK).map(|k| seed[k % 32] ^ (k as u8)))
+        .collect();
+    let hex = hex_encode(&template);
+    let mut txs = Vec::with_capacity(payload_bytes.div_ceil(TX_CHUNK));
+    let mut left = payload_bytes;
+    let mut i = 0u32;
     while left > 0 {
         let n = left.min(TX_CHUNK);
-        let mut tx = Vec::with_capacity(n);
-        tx.push(0x02u8);
-        while tx.len() < n {
-            tx.push(seed[k % 32] ^ (k as u8));
-            k += 1;
+        let mut tx = String::with_capacity(2 + 2 * n);
+        tx.push_str(&hex[..4]);
+        if n >= 5 {
+            tx.push_str(&format!("{i:08x}"));
+            tx.push_str(&hex[12..2 + 2 * n]);
+        } else {
+            tx.push_str(&hex[4..2 + 2 * n]);
         }
-        tx.truncate(n);
-        txs.push(Value::String(hex_encode(&tx)));
+        txs.push(Value::String(tx));
         left -= n;
+        i += 1;
     }
     txs
 }

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 /// Largest request body accepted (payloads can be hundreds of KiB).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
+/// Bodies above this size are parsed and serialized on a blocking thread.
+pub(crate) const LARGE_BODY: usize = 1 << 20;
+
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcError {
@@ -139,7 +142,17 @@ async fn handle_http(
             ))
         }
     };
-    let out = match serde_json::from_slice::<Value>(&body) {
+    // Multi-MB bodies (posted payloads) are parsed off the runtime, which the nodes share with
+    // each other and, in tests, with the test itself: a real op-node is its own process.
+    let parsed = if body.len() > LARGE_BODY {
+        let b = body.clone();
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<Value>(&b))
+            .await
+            .unwrap_or_else(|e| Ok(json!({"error": e.to_string()})))
+    } else {
+        serde_json::from_slice::<Value>(&body)
+    };
+    let out = match parsed {
         Err(e) => error_response(
             Value::Null,
             &RpcError {
@@ -290,12 +303,40 @@ impl RpcClient {
         Err(last)
     }
 
+    /// Like [`RpcClient::call_retry`] with the request body already serialized (see
+    /// [`request_body`]), so a multi-MB request is encoded once and off the runtime.
+    pub async fn call_body_retry(
+        &self,
+        url: &str,
+        body: Bytes,
+        timeout: Duration,
+        attempts: usize,
+        gap: Duration,
+    ) -> Result<Value, CallError> {
+        let mut last = CallError::Timeout;
+        for i in 0..attempts.max(1) {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            match tokio::time::timeout(timeout, self.send(url, body.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e @ CallError::Rpc(_))) => return Err(e),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = CallError::Timeout,
+            }
+        }
+        Err(last)
+    }
+
     async fn call_inner(&self, url: &str, method: &str, params: Value) -> Result<Value, CallError> {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let bytes = serde_json::to_vec(&body).map_err(|e| CallError::Transport(e.to_string()))?;
+        let bytes = request_body(method, params)?;
+        self.send(url, bytes).await
+    }
+
+    async fn send(&self, url: &str, bytes: Bytes) -> Result<Value, CallError> {
         let req = Request::post(url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(bytes)))
+            .body(Full::new(bytes))
             .map_err(|e| CallError::Transport(format!("bad url {url}: {e}")))?;
         let resp =
             self.client.request(req).await.map_err(|e| {
@@ -328,6 +369,14 @@ impl RpcClient {
         }
         Ok(v.get("result").cloned().unwrap_or(Value::Null))
     }
+}
+
+/// The body of a JSON-RPC request (id 1).
+pub fn request_body(method: &str, params: Value) -> Result<Bytes, CallError> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| CallError::Transport(e.to_string()))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
