@@ -166,15 +166,21 @@ pub async fn run_with_listeners(
 
 /// Wakes the control loop as soon as the leader key or a control key changes. Only a latency
 /// optimisation: the loop also ticks, and every decision re-reads etcd.
+///
+/// The watch covers `control/` through `leader/` (and `head` between them), not the whole
+/// prefix: etcd sends every event with its value, and `payload/` carries each block's
+/// megabytes.
 async fn watch_changes(election: Election, wake: Arc<Notify>, cancel: CancellationToken) {
     let keys = election.keys().clone();
     let (leader_dir, control_dir) = (keys.leader_dir(), keys.control_dir());
+    // '0' follows '/': the first key after every `leader/...` key.
+    let end = format!("{}0", leader_dir.trim_end_matches('/'));
     loop {
         let (member, client) = election.pool().pick();
         let mut watch_client = client.watch_client();
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = watch_client.watch(format!("{}/", keys.prefix()), Some(WatchOptions::new().with_prefix())) => r,
+            r = watch_client.watch(control_dir.clone(), Some(WatchOptions::new().with_range(end.clone()))) => r,
         };
         if opened.is_err() {
             election.pool().failed(member);

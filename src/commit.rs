@@ -1,21 +1,25 @@
-//! Fenced block commits for op-node's conductor interface: one etcd Txn per sealed block, valid only for the current epoch and only if the block extends the recorded head; knows nothing of the control loop.
+//! Fenced block commits for op-node's conductor interface: the block's stored payload first, then one etcd Txn for the head, valid only for the current epoch and only if the block extends the recorded head; knows nothing of the control loop.
 //!
 //! This is what makes a stale leader harmless in conductor mode: op-node neither gossips nor
 //! inserts a block whose commit failed, and the commit fails the moment our leader key no longer
 //! has the create revision we won it with, whatever our clocks believe.
+//!
+//! A block is acknowledged only once what a successor needs to repair it (one block behind) or
+//! to hand it back to a leader whose acknowledgement was lost is durable: its packed payload, in
+//! chunks keyed by its hash (see [`crate::payload`]), is written before the head moves. The head
+//! Txn deletes every other block's chunks, so etcd holds one block's payload at a time.
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
 use crate::election::{get_responses, Election, ElectionError, Leadership};
-use crate::sequencer::parse_quantity;
+use crate::payload::{self, PayloadError};
 use crate::state::HeadRecord;
 
-/// etcd refuses requests over `--max-request-bytes` (1.5 MiB by default); the head record and
-/// Txn framing need a little room. Larger payloads are still fenced, just not stored.
-pub const MAX_STORED_PAYLOAD: usize = 1_400_000;
+pub use crate::payload::BlockMeta;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum CommitError {
@@ -31,57 +35,50 @@ pub enum CommitError {
     },
     #[error("invalid payload envelope: {0}")]
     Invalid(String),
+    #[error("stored payload of block {hash}: {reason}")]
+    Stored { hash: String, reason: String },
     #[error("etcd: {0}")]
     Etcd(#[from] ElectionError),
 }
 
-/// The fields of an `ExecutionPayloadEnvelope` the fence needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockMeta {
-    pub number: u64,
-    pub hash: String,
-    pub parent: String,
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(rename = "executionPayload")]
-    payload: Payload,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    #[serde(rename = "blockNumber")]
-    number: String,
-    #[serde(rename = "blockHash")]
-    hash: String,
-    #[serde(rename = "parentHash")]
-    parent: String,
-}
-
-fn is_hash(s: &str) -> bool {
-    s.len() == 66 && s.starts_with("0x") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-pub fn block_meta(envelope: &RawValue) -> Result<BlockMeta, CommitError> {
-    let env: Envelope =
-        serde_json::from_str(envelope.get()).map_err(|e| CommitError::Invalid(e.to_string()))?;
-    let number = parse_quantity(&env.payload.number).ok_or_else(|| {
-        CommitError::Invalid(format!(
-            "blockNumber {:?} is not a hex quantity",
-            env.payload.number
-        ))
-    })?;
-    if !is_hash(&env.payload.hash) || !is_hash(&env.payload.parent) {
-        return Err(CommitError::Invalid(
-            "blockHash and parentHash must be 32-byte 0x-hex".into(),
-        ));
+impl From<PayloadError> for CommitError {
+    fn from(e: PayloadError) -> Self {
+        match e {
+            PayloadError::Invalid(m) => CommitError::Invalid(m),
+            // Only reading a stored payload can find it corrupt; those paths name the block.
+            PayloadError::Corrupt(m) => CommitError::Invalid(format!("corrupt stored form: {m}")),
+        }
     }
-    Ok(BlockMeta {
-        number,
-        hash: env.payload.hash.to_lowercase(),
-        parent: env.payload.parent.to_lowercase(),
-    })
+}
+
+/// An envelope whose block fields have been read; only the scanner makes one, so the fields
+/// always belong to the text.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    text: &'a str,
+    meta: &'a BlockMeta,
+}
+
+impl<'a> Envelope<'a> {
+    pub fn new(text: &'a str, meta: &'a BlockMeta) -> Self {
+        Envelope { text, meta }
+    }
+
+    pub fn meta(&self) -> &BlockMeta {
+        self.meta
+    }
+}
+
+/// The envelope in `conductor_commitUnsafePayload`'s params, borrowed, and its block fields
+/// (see [`payload::single_envelope_param`]).
+pub fn scan_param(params: &str) -> Result<(&str, BlockMeta), PayloadError> {
+    off_the_runtime(params.len(), || payload::single_envelope_param(params))
+}
+
+/// The fence's fields of a stored or posted envelope.
+pub fn block_meta(envelope: &RawValue) -> Result<BlockMeta, CommitError> {
+    let text = envelope.get();
+    Ok(off_the_runtime(text.len(), || payload::block_meta(text))?)
 }
 
 /// Whether `block` may follow `head`. `Ok(true)` = new block, `Ok(false)` = already committed
@@ -109,6 +106,21 @@ pub fn extends(head: Option<&HeadRecord>, block: &BlockMeta) -> Result<bool, Com
     })
 }
 
+/// What one commit did and where its time went (for the per-stage metrics).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub meta: BlockMeta,
+    /// false: the block already was the committed head (a retried commit); nothing written.
+    pub new: bool,
+    /// Bytes of packed payload written to etcd (0 for a retry).
+    pub stored_bytes: usize,
+    /// Packing the payload into its stored form (its chunk writes start meanwhile).
+    pub pack: Duration,
+    /// Waiting for etcd once the payload is packed: the rest of the chunk writes, then the
+    /// head Txn.
+    pub etcd: Duration,
+}
+
 #[derive(Debug, Clone)]
 struct Cached {
     epoch: i64,
@@ -117,7 +129,8 @@ struct Cached {
     mod_rev: i64,
 }
 
-/// Serializes commits (blocks are sequential) and caches the head so a commit is one Txn.
+/// Serializes commits (blocks are sequential) and caches the head so a commit of a small block
+/// is one chunk Txn and one head Txn.
 #[derive(Default)]
 pub struct Committer {
     cache: Mutex<Option<Cached>>,
@@ -128,24 +141,58 @@ impl Committer {
         Self::default()
     }
 
-    /// Commits `envelope` under leadership `l`. Writes the head record and (if small enough) the
-    /// payload in one Txn guarded by the epoch and the head's mod revision.
+    /// Commits `envelope` under leadership `l`: its packed payload in fenced chunk writes, then
+    /// the head record in one Txn guarded by the epoch and the head's mod revision, which also
+    /// deletes every other block's chunks.
     pub async fn commit(
         &self,
         e: &Election,
         l: &Leadership,
         me: &str,
-        envelope: &RawValue,
-    ) -> Result<BlockMeta, CommitError> {
-        let block = block_meta(envelope)?;
+        envelope: Envelope<'_>,
+    ) -> Result<Committed, CommitError> {
+        let block = envelope.meta().clone();
         let mut cache = self.cache.lock().await;
         if cache.as_ref().is_none_or(|c| c.epoch != l.epoch) {
             *cache = Some(read_head(e, l.epoch).await?);
         }
+        let done = |new, stored_bytes, pack, etcd| Committed {
+            meta: block.clone(),
+            new,
+            stored_bytes,
+            pack,
+            etcd,
+        };
+        if let Some(c) = cache.as_ref() {
+            if !extends(c.head.as_ref(), &block)? {
+                return Ok(done(false, 0, Duration::ZERO, Duration::ZERO));
+            }
+        }
+        // Packing and the chunk writes overlap: each chunk's fenced Txn is sent as soon as it
+        // is packed, while the rest of the envelope is still being packed.
+        let t = Instant::now();
+        let mut writes = Vec::new();
+        let packed = off_the_runtime(envelope.text.len(), || {
+            payload::pack_chunked(envelope.text.as_bytes(), |value| {
+                let key = e.keys().payload_chunk(&block.hash, writes.len());
+                writes.push(tokio::spawn(put_chunk(e.clone(), l.clone(), key, value)));
+            })
+        });
+        let pack = t.elapsed();
+        let t = Instant::now();
+        let written = wait_all(writes).await;
+        let stored_bytes = packed?;
+        if let Err(err) = written {
+            if err == CommitError::NotLeader {
+                *cache = None;
+            }
+            return Err(err);
+        }
+        let keys = e.keys();
         for _ in 0..2 {
             let Some(c) = cache.clone() else { break };
             if !extends(c.head.as_ref(), &block)? {
-                return Ok(block);
+                return Ok(done(false, 0, pack, t.elapsed()));
             }
             let rec = HeadRecord {
                 number: block.number,
@@ -157,25 +204,30 @@ impl Committer {
             };
             let value =
                 serde_json::to_vec(&rec).map_err(|err| CommitError::Invalid(err.to_string()))?;
-            let mut ops = vec![TxnOp::put(e.keys().head(), value, None)];
-            if envelope.get().len() <= MAX_STORED_PAYLOAD {
-                ops.push(TxnOp::put(
-                    e.keys().payload(),
-                    envelope.get().as_bytes().to_vec(),
-                    None,
-                ));
-            } else {
-                tracing::warn!(number = block.number, bytes = envelope.get().len(), limit = MAX_STORED_PAYLOAD, "payload too large for etcd: head fenced and recorded, payload not stored (no one-block repair for this block)");
-            }
+            let ops = vec![
+                TxnOp::put(keys.head(), value, None),
+                // Every payload key but this block's: the previous head's chunks (no successor
+                // needs them once this head is recorded) and leftovers of commits that never
+                // reached their head Txn.
+                TxnOp::delete(
+                    keys.payload_dir(),
+                    Some(DeleteOptions::new().with_range(keys.payload_block(&block.hash))),
+                ),
+                TxnOp::delete(
+                    keys.payload_block_end(&block.hash),
+                    Some(DeleteOptions::new().with_range(keys.payload_dir_end())),
+                ),
+                TxnOp::delete(keys.legacy_payload(), None),
+            ];
             let txn = Txn::new()
                 .when(vec![
                     e.fence(l),
-                    Compare::mod_revision(e.keys().head(), CompareOp::Equal, c.mod_rev),
+                    Compare::mod_revision(keys.head(), CompareOp::Equal, c.mod_rev),
                 ])
                 .and_then(ops)
                 .or_else(vec![
                     TxnOp::get(l.key.clone(), None),
-                    TxnOp::get(e.keys().head(), None),
+                    TxnOp::get(keys.head(), None),
                 ]);
             let resp = e.txn(txn).await?;
             if resp.succeeded() {
@@ -185,7 +237,7 @@ impl Committer {
                     head: Some(rec),
                     mod_rev: rev,
                 });
-                return Ok(block);
+                return Ok(done(true, stored_bytes, pack, t.elapsed()));
             }
             let gets = get_responses(&resp);
             let still_ours = gets
@@ -197,7 +249,8 @@ impl Committer {
                 return Err(CommitError::NotLeader);
             }
             // The head moved under us (a previous leader's late write cannot pass the fence, so
-            // this is only a stale cache): refresh and re-check once.
+            // this is only a stale cache, e.g. our own start head): refresh and re-check once.
+            // Our chunks are still there: only a head Txn deletes chunks, and commits are serial.
             let kv = gets.get(1).and_then(|g| g.kvs().first());
             *cache = Some(Cached {
                 epoch: l.epoch,
@@ -216,6 +269,44 @@ impl Committer {
     }
 }
 
+/// Writes one chunk in a Txn fenced by the epoch, so a deposed leader cannot leave chunks
+/// behind. A block's chunks are written all at once: etcd batches concurrent proposals into
+/// fewer disk syncs.
+async fn put_chunk(
+    e: Election,
+    l: Leadership,
+    key: String,
+    value: Vec<u8>,
+) -> Result<(), CommitError> {
+    let txn = Txn::new()
+        .when(vec![e.fence(&l)])
+        .and_then(vec![TxnOp::put(key, value, None)]);
+    if e.txn(txn).await?.succeeded() {
+        Ok(())
+    } else {
+        Err(CommitError::NotLeader)
+    }
+}
+
+/// Waits for every chunk write (even after one failed, so none is still in flight when the
+/// commit answers); the first error, if any.
+async fn wait_all(
+    writes: Vec<tokio::task::JoinHandle<Result<(), CommitError>>>,
+) -> Result<(), CommitError> {
+    let mut first = Ok(());
+    for w in writes {
+        let r = w.await.unwrap_or_else(|err| {
+            Err(CommitError::Etcd(ElectionError::Etcd(format!(
+                "chunk write task: {err}"
+            ))))
+        });
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
 async fn read_head(e: &Election, epoch: i64) -> Result<Cached, CommitError> {
     let key = e.keys().head();
     let resp = e
@@ -229,17 +320,101 @@ async fn read_head(e: &Election, epoch: i64) -> Result<Cached, CommitError> {
     })
 }
 
-/// Reads the stored payload envelope (for one-block repair).
-pub async fn read_payload(e: &Election) -> Result<Option<Box<RawValue>>, ElectionError> {
-    let key = e.keys().payload();
+/// Reads the stored envelope of block `hash` (for one-block repair), checked to be that block.
+/// `None` when nothing is stored for it. The chunks are listed, then read at that revision one
+/// request each, so no answer exceeds the client's 4 MiB message limit whatever the block size.
+pub async fn read_payload(e: &Election, hash: &str) -> Result<Option<Box<RawValue>>, CommitError> {
+    let keys = e.keys();
+    let dir = keys.payload_block(hash);
+    let listed = e
+        .run(|c| async move {
+            c.kv_client()
+                .get(dir, Some(GetOptions::new().with_prefix().with_keys_only()))
+                .await
+        })
+        .await?;
+    if listed.kvs().is_empty() {
+        return read_legacy(e, hash).await;
+    }
+    let rev = listed.header().map(|h| h.revision()).unwrap_or(0);
+    let count = listed.kvs().len();
+    let reads = (0..count).map(|i| {
+        let key = keys.payload_chunk(hash, i);
+        e.run(move |c| async move {
+            c.kv_client()
+                .get(key, Some(GetOptions::new().with_revision(rev)))
+                .await
+        })
+    });
+    let chunks = futures_util::future::try_join_all(reads).await?;
+    let stored = |reason: String| CommitError::Stored {
+        hash: hash.to_string(),
+        reason,
+    };
+    let mut values: Vec<&[u8]> = Vec::with_capacity(count);
+    for (i, resp) in chunks.iter().enumerate() {
+        match resp.kvs().first() {
+            Some(kv) => values.push(kv.value()),
+            None => return Err(stored(format!("chunk {i} of {count} is missing"))),
+        }
+    }
+    let total: usize = values.iter().map(|v| v.len()).sum();
+    off_the_runtime(total, || {
+        let text = payload::assemble(&values).map_err(|err| stored(err.to_string()))?;
+        checked(text, hash).map(Some)
+    })
+}
+
+/// Inputs at least this large are scanned, packed and unpacked off the runtime worker. A
+/// release build handles 4 MB in ~3 ms, well inside a keepalive interval, but a debug build
+/// takes long enough to starve the lease keepalive (the tests run debug builds).
+const OFFLOAD_BYTES: usize = 4 << 20;
+
+/// Runs CPU work on a multi-MB payload (scanning, packing, unpacking) so that it does not hold
+/// up this runtime worker's other tasks, the lease keepalive among them: on the multi-threaded
+/// runtime they move to another thread meanwhile. Smaller inputs run inline, which is cheaper.
+fn off_the_runtime<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi && bytes >= OFFLOAD_BYTES {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// The single-value layout of earlier versions, used until the first chunked commit.
+async fn read_legacy(e: &Election, hash: &str) -> Result<Option<Box<RawValue>>, CommitError> {
+    let key = e.keys().legacy_payload();
     let resp = e
         .run(|c| async move { c.kv_client().get(key, None).await })
         .await?;
-    Ok(resp.kvs().first().and_then(|kv| {
-        std::str::from_utf8(kv.value())
-            .ok()
-            .and_then(|s| RawValue::from_string(s.to_string()).ok())
-    }))
+    let Some(text) = resp
+        .kvs()
+        .first()
+        .and_then(|kv| std::str::from_utf8(kv.value()).ok())
+    else {
+        return Ok(None);
+    };
+    match checked(text.to_string(), hash) {
+        Ok(raw) => Ok(Some(raw)),
+        // An older block's envelope: nothing stored for this one.
+        Err(_) => Ok(None),
+    }
+}
+
+fn checked(text: String, hash: &str) -> Result<Box<RawValue>, CommitError> {
+    let stored = |reason: String| CommitError::Stored {
+        hash: hash.to_string(),
+        reason,
+    };
+    let raw = RawValue::from_string(text).map_err(|err| stored(err.to_string()))?;
+    let meta = payload::block_meta(raw.get())?;
+    if !meta.hash.eq_ignore_ascii_case(hash) {
+        return Err(stored(format!("holds block {} instead", meta.hash)));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]

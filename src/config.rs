@@ -78,7 +78,7 @@ pub struct Args {
     /// URL other sidecars use to reach this one [default: http://<rpc.addr>:<rpc.port>].
     #[arg(long = "rpc.advertise", env = "OP_SIDECAR_RPC_ADVERTISE")]
     pub rpc_advertise: Option<String>,
-    /// Largest accepted JSON-RPC request body in bytes [default: 10485760].
+    /// Largest accepted JSON-RPC request body in bytes [default: 33554432, a 10 MiB payload as hex JSON].
     #[arg(long = "rpc.max-body", env = "OP_SIDECAR_RPC_MAX_BODY")]
     pub rpc_max_body: Option<String>,
     /// Time limit for answering one JSON-RPC request [default: 10s].
@@ -456,7 +456,7 @@ impl Config {
                 None if rpc_addr.is_ipv6() => format!("http://[{rpc_addr}]:{rpc_port}"),
                 None => format!("http://{rpc_addr}:{rpc_port}"),
             };
-        let rpc_max_body = r.get("rpc.max-body", &args.rpc_max_body, Some("10485760"), |s| {
+        let rpc_max_body = r.get("rpc.max-body", &args.rpc_max_body, Some("33554432"), |s| {
             let n = parse_num::<usize>(s)?;
             if n < 1024 {
                 Err("must be at least 1024 bytes".into())
@@ -687,6 +687,8 @@ mod tests {
         assert_eq!(c.node_advertise, "http://127.0.0.1:9545");
         assert_eq!(c.health.min_peer_count, 0);
         assert!(!c.paused);
+        // A 10 MiB payload is ~21 MB as hex JSON.
+        assert!(c.rpc_max_body >= 2 * 10 * 1024 * 1024 + 1024 * 1024);
     }
 
     #[test]

@@ -510,7 +510,7 @@ impl Controller {
         if local.number + 1 != t.number {
             return;
         }
-        let payload = match commit::read_payload(&self.s.election).await {
+        let payload = match commit::read_payload(&self.s.election, &t.hash).await {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(e) => {

@@ -40,8 +40,35 @@ impl Keys {
         format!("{}/head", self.prefix)
     }
 
-    pub fn payload(&self) -> String {
+    /// Where versions up to 0.1 kept the whole last envelope (one value, at most 1.4 MB). Read
+    /// as a fallback and deleted by the first chunked commit, so a rolling upgrade loses nothing.
+    pub fn legacy_payload(&self) -> String {
         format!("{}/payload", self.prefix)
+    }
+
+    /// `<prefix>/payload/`: the stored chunks of committed blocks, by block hash.
+    pub fn payload_dir(&self) -> String {
+        format!("{}/payload/", self.prefix)
+    }
+
+    /// `<prefix>/payload/<hash>/`: one block's chunks.
+    pub fn payload_block(&self, hash: &str) -> String {
+        format!("{}/payload/{}/", self.prefix, hash.to_ascii_lowercase())
+    }
+
+    /// The first key after every `<prefix>/payload/<hash>/...` key ('0' follows '/').
+    pub fn payload_block_end(&self, hash: &str) -> String {
+        format!("{}/payload/{}0", self.prefix, hash.to_ascii_lowercase())
+    }
+
+    /// The first key after every `<prefix>/payload/...` key.
+    pub fn payload_dir_end(&self) -> String {
+        format!("{}/payload0", self.prefix)
+    }
+
+    /// `<prefix>/payload/<hash>/<index>`, zero-padded so key order is chunk order.
+    pub fn payload_chunk(&self, hash: &str, index: usize) -> String {
+        format!("{}{index:04}", self.payload_block(hash))
     }
 
     pub fn stopped(&self) -> String {
@@ -156,6 +183,23 @@ mod tests {
         assert_eq!(k.election(), "/op/chain-1/leader");
         assert_eq!(k.member("seq-0"), "/op/chain-1/members/seq-0");
         assert!(k.transfer().starts_with(&k.control_dir()));
+        assert_eq!(k.payload_chunk("0xAB", 3), "/op/chain-1/payload/0xab/0003");
+        assert!(k.payload_chunk("0xab", 0).starts_with(&k.payload_dir()));
+        assert!(!k.legacy_payload().starts_with(&k.payload_dir()));
+        // The two ranges a commit deletes cover every payload key but the new block's.
+        let (dir, end) = (k.payload_dir(), k.payload_dir_end());
+        let (block, block_end) = (k.payload_block("0xab"), k.payload_block_end("0xab"));
+        for other in ["0xaa", "0xab0", "0xac", "0xab-"] {
+            let key = k.payload_chunk(other, 0);
+            let in_first = key >= dir && key < block;
+            let in_second = key >= block_end && key < end;
+            assert!(
+                in_first || in_second,
+                "{key} would survive the commit of 0xab"
+            );
+        }
+        let mine = k.payload_chunk("0xab", 9);
+        assert!(mine >= block && mine < block_end);
     }
 
     #[test]

@@ -98,6 +98,18 @@ fn next_envelope(stored: &Value, producer: &str, block_ms: u64) -> Value {
     env
 }
 
+/// Settings for scenarios with multi-MB blocks. The tests run debug builds of the sidecar and
+/// the simulator, which take seconds to seal, send and store 20 MB of hex JSON on a loaded
+/// machine (a release sidecar commits a 10 MiB block in a fraction of a second, see
+/// BENCHMARKS.md). So the simulated op-node waits longer per commit attempt (as
+/// `--conductor.rpc-timeout` allows), and a head counts as stale only after 30 s, so that
+/// slow blocks do not move leadership by themselves.
+fn large_blocks(mut opts: FixtureOpts) -> FixtureOpts {
+    opts.conductor_timeout = Duration::from_secs(20);
+    opts.flag("--rpc.timeout", "30s")
+        .flag("--healthcheck.unsafe-interval", "30s")
+}
+
 fn block_hash(env: &Value) -> String {
     env["executionPayload"]["blockHash"]
         .as_str()
@@ -566,6 +578,167 @@ async fn new_leader_one_block_behind_is_repaired_with_the_stored_payload() {
     assert_eq!(f.wait_single_active(SETTLE).await, c);
     f.assert_chain_progresses().await;
     f.assert_invariants();
+}
+
+/// [`new_leader_one_block_behind_is_repaired_with_the_stored_payload`] with a large missed
+/// block, set up so that nobody but etcd has it: the leader's node seals it, its commit
+/// succeeds but the answer is lost (so the node neither inserts nor gossips it), and the node
+/// is stalled before its own sidecar can hand the block back. Then the leader's sidecar dies;
+/// the only candidate, one block behind the committed head, must post the stored payload to
+/// its node and lead (the catch-up timeout is 60 s, so merely waiting would miss the bound).
+async fn large_block_repair_scenario(payload_bytes: usize) {
+    let opts = large_blocks(FixtureOpts::conductor()).flag("--handover.catchup-timeout", "60s");
+    let mut f = Fixture::start(3, opts).await;
+    let l = f.wait_single_active(SETTLE).await;
+    f.wait_leader_producing(SETTLE).await;
+    let (c, d) = ((l + 1) % 3, (l + 2) % 3);
+    f.sidecar(d).kill();
+    wait_member_gone(&f, d).await;
+
+    f.node(l).next_block_payload_bytes(payload_bytes);
+    f.node(l).lose_next_commit_ack();
+    wait_fast(
+        Duration::from_secs(60),
+        "the big block to be committed (its answer lost)",
+        || !f.node(l).status().lose_next_commit_ack,
+    )
+    .await;
+    f.node(l).stall_head(true);
+    tokio::time::sleep(COMMIT_SETTLES).await;
+    let head = committed_head(&f).await;
+    let number = head["number"].as_u64().expect("head.number");
+    let stored = f.stored_payload_bytes().await;
+    assert!(
+        stored.is_some_and(|n| n >= payload_bytes),
+        "the committed head must be the big block, with its payload stored (head {head}, \
+         {stored:?} bytes stored)"
+    );
+    for i in [l, c] {
+        assert_eq!(
+            f.node(i).head().number + 1,
+            number,
+            "set-up: {} must be one block behind the committed head {head}",
+            Fixture::id(i)
+        );
+    }
+
+    f.sidecar(l).kill();
+    let new = f.wait_new_leader_producing(l, FAILOVER).await;
+    assert_eq!(new, c, "the only candidate must lead");
+    let log = f.sidecar(c).log();
+    let posted = format!(
+        "posting the stored payload number={number} hash={}",
+        head["hash"].as_str().unwrap_or_default()
+    );
+    assert!(
+        log.contains(&posted),
+        "the candidate's sidecar must repair its node with the stored payload ({posted})"
+    );
+    assert!(
+        !log.contains("giving way") && !log.contains("did not reach recorded head"),
+        "the repaired candidate must not give way"
+    );
+    assert_eq!(
+        hash_at(&f, c, number).await.as_deref(),
+        head["hash"].as_str(),
+        "the new leader must build on the committed block"
+    );
+
+    // The old leader's node still sequences (fenced off: nothing it seals is published); its
+    // restarted sidecar stops it.
+    f.node(l).stall_head(false);
+    f.sidecar(d).restart().await;
+    f.sidecar(l).restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(f.wait_single_active(SETTLE).await, c);
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
+
+/// A 1.6 MB block (a 3.3 MB envelope). Before chunked storage this failed: envelopes over
+/// 1.4 MB were fenced but not stored, so the candidate could not be repaired (it waited for
+/// its node, gave way, and so did every candidate: the chain halted for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_one_block_behind_a_1_6_mb_block_is_repaired() {
+    large_block_repair_scenario(1_600_000).await;
+}
+
+/// A 10 MiB block, the largest op-node gossips (a 21 MB envelope). Before: refused at once
+/// (`--rpc.max-body` was 10 MiB), so the chain halted at the first such block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_one_block_behind_a_10_mib_block_is_repaired() {
+    large_block_repair_scenario(10 * 1024 * 1024).await;
+}
+
+/// A commit that reached etcd but whose answer op-node never got (both attempts timed out):
+/// op-node backs off and re-seals the same height, and the fence refuses every re-seal (a
+/// committed head is never replaced). The leader's sidecar must hand its own node the committed
+/// block, read back from etcd, after which the chain continues on it with the same leader.
+/// Before chunked storage a block over 1.4 MB was not stored, so the leader re-sealed forever,
+/// no successor could be repaired either, and the chain halted for good.
+async fn lost_commit_ack_scenario(payload_bytes: usize) {
+    let mut f = Fixture::start(3, large_blocks(FixtureOpts::conductor())).await;
+    let l = f.wait_single_active(SETTLE).await;
+    f.wait_leader_producing(SETTLE).await;
+    // The next block the leader's node starts sealing is the big one, and its answer is lost.
+    let armed_at = f.node(l).head().number;
+    f.node(l).next_block_payload_bytes(payload_bytes);
+    f.node(l).lose_next_commit_ack();
+    // Read the committed head at once: the node backs off for 1 s before it seals again.
+    wait_fast(
+        Duration::from_secs(60),
+        "the commit whose answer is lost to happen",
+        || !f.node(l).status().lose_next_commit_ack,
+    )
+    .await;
+    let lost = committed_head(&f).await;
+    let lost_number = lost["number"].as_u64().expect("head.number");
+    let stored = f.stored_payload_bytes().await;
+    assert!(
+        stored.is_some_and(|n| n >= payload_bytes),
+        "the lost block must be the big one, committed with its payload stored (committed head \
+         {lost}, {stored:?} bytes stored)"
+    );
+    assert!(
+        lost_number > armed_at,
+        "the lost block must be a new one (armed at {armed_at}): {lost}"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the leader's node to get the committed block and move past it",
+        || async { f.node(l).head().number > lost_number + 1 },
+    )
+    .await;
+    assert_eq!(
+        hash_at(&f, l, lost_number).await.as_deref(),
+        lost["hash"].as_str(),
+        "the chain must continue on the committed block, not a re-seal"
+    );
+    let posted = format!(
+        "posting the stored payload number={lost_number} hash={}",
+        lost["hash"].as_str().unwrap_or_default()
+    );
+    assert!(
+        f.sidecar(l).log().contains(&posted),
+        "the leader's sidecar must hand its node the committed block ({posted})"
+    );
+    assert_eq!(
+        f.wait_leader_producing(SETTLE).await,
+        l,
+        "no failover is needed for a lost acknowledgement"
+    );
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_commit_ack_for_a_1_6_mb_block_is_repaired_from_etcd() {
+    lost_commit_ack_scenario(1_600_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_commit_ack_for_a_10_mib_block_is_repaired_from_etcd() {
+    lost_commit_ack_scenario(10 * 1024 * 1024).await;
 }
 
 /// The only candidate misses three blocks: it wins the lease, waits for its node within the

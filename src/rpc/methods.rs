@@ -5,12 +5,14 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::client::CallError;
 use super::server::FORWARDED;
-use crate::commit::CommitError;
+use crate::commit::{CommitError, Envelope};
+use crate::payload::BlockMeta;
 
 use super::error::RpcError;
 use super::proxy::{self, Upstream};
@@ -180,8 +182,13 @@ pub async fn call(
             ok(s.leader_now().is_some() || s.leader_override.load(Ordering::SeqCst))
         }
         "conductor_commitUnsafePayload" => {
-            let (envelope,): (Box<RawValue>,) = params(p)?;
-            commit_unsafe_payload(s, &envelope).await
+            // Borrowed from the request body and scanned for its three block fields only: a
+            // 10 MiB block is neither parsed nor copied here (the server already checked it is
+            // JSON).
+            let started = Instant::now();
+            let (text, meta) = crate::commit::scan_param(p.map_or("[]", RawValue::get))
+                .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
+            commit_unsafe_payload(s, text, &meta, started).await
         }
         "conductor_overrideLeader" => {
             let (on,): (bool,) = params(p)?;
@@ -323,9 +330,16 @@ async fn set_paused(s: &Shared, paused: bool) -> Result<(), RpcError> {
         .map_err(RpcError::Server)
 }
 
-/// The fence: commits only under a locally valid leadership, in one etcd Txn guarded by the
-/// epoch. With the operator's leader override the block passes unfenced (logged).
-async fn commit_unsafe_payload(s: &Shared, envelope: &RawValue) -> Result<Box<RawValue>, RpcError> {
+/// The fence: commits only under a locally valid leadership, with the block's payload stored
+/// before one etcd Txn guarded by the epoch moves the head. With the operator's leader override
+/// the block passes unfenced (logged).
+async fn commit_unsafe_payload(
+    s: &Shared,
+    text: &str,
+    meta: &BlockMeta,
+    started: Instant,
+) -> Result<Box<RawValue>, RpcError> {
+    let scanned = started.elapsed();
     let Some(l) = s.leader_now() else {
         if s.leader_override.load(Ordering::SeqCst) {
             tracing::warn!("leader overridden: accepting a block without fencing");
@@ -336,12 +350,37 @@ async fn commit_unsafe_payload(s: &Shared, envelope: &RawValue) -> Result<Box<Ra
     };
     match s
         .committer
-        .commit(&s.election, &l, &s.config.server_id, envelope)
+        .commit(
+            &s.election,
+            &l,
+            &s.config.server_id,
+            Envelope::new(text, meta),
+        )
         .await
     {
-        Ok(meta) => {
+        Ok(c) => {
             s.metrics.action("commit", "ok");
-            tracing::debug!(number = meta.number, hash = %meta.hash, "block committed");
+            // From the first byte of the request (when the server says) to now.
+            let (arrived, receive) = super::server::received().unwrap_or((started, Duration::ZERO));
+            let (decode, total) = (scanned + c.pack, arrived.elapsed());
+            if c.new {
+                let m = &s.metrics;
+                m.commit_stage("receive", receive);
+                m.commit_stage("decode", decode);
+                m.commit_stage("etcd", c.etcd);
+                m.commit_stage("total", total);
+                m.commit_stored_bytes.inc_by(c.stored_bytes as u64);
+            }
+            tracing::debug!(
+                number = c.meta.number,
+                hash = %c.meta.hash,
+                new = c.new,
+                stored_bytes = c.stored_bytes,
+                receive = ?receive,
+                decode = ?decode,
+                etcd = ?c.etcd,
+                "block committed"
+            );
             Ok(raw_null())
         }
         Err(CommitError::Invalid(m)) => Err(RpcError::InvalidParams(m)),

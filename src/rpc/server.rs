@@ -32,6 +32,17 @@ pub const MAX_BATCH: usize = 100;
 /// How long in-flight requests may finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(5);
 
+tokio::task_local! {
+    /// When the request being answered started to arrive, and how long its body took.
+    static RECEIVED: (std::time::Instant, Duration);
+}
+
+/// When the current request started to arrive and how long its body took (the commit
+/// metrics' `receive` and `total` stages); `None` outside a request served here.
+pub fn received() -> Option<(std::time::Instant, Duration)> {
+    RECEIVED.try_with(|r| *r).ok()
+}
+
 /// Serves until `shutdown` completes, then stops accepting and waits (bounded) for in-flight requests.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let limit = GlobalConcurrencyLimitLayer::new(1024);
@@ -108,6 +119,7 @@ async fn handle_http(shared: &Shared, req: Request<Incoming>) -> HttpResponse<Fu
     }
     let forwarded = req.headers().contains_key(FORWARDED);
     let max = shared.config.rpc_max_body;
+    let receiving = std::time::Instant::now();
     let body = match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -126,7 +138,13 @@ async fn handle_http(shared: &Shared, req: Request<Incoming>) -> HttpResponse<Fu
             )
         }
     };
-    match handle_body(shared, &body, forwarded).await {
+    match RECEIVED
+        .scope(
+            (receiving, receiving.elapsed()),
+            handle_body(shared, &body, forwarded),
+        )
+        .await
+    {
         Some(out) => json_response(StatusCode::OK, out),
         None => {
             let mut resp = HttpResponse::new(Full::new(Bytes::new()));

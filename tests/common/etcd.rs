@@ -71,6 +71,8 @@ struct Member {
     peer_port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Extra etcd flags (e.g. `--quota-backend-bytes`), kept across restarts.
+    extra: Vec<String>,
 }
 
 impl Member {
@@ -85,6 +87,7 @@ impl Member {
             peer_port: free_port(),
             dir,
             child: None,
+            extra: Vec::new(),
         }
     }
 
@@ -121,6 +124,7 @@ impl Member {
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-level", "error"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -248,8 +252,14 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd on free ports and waits until it answers `endpoint health`.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Etcd::start`] with extra etcd flags, e.g. `["--quota-backend-bytes", "25165824"]`.
+    pub async fn start_with(extra: &[&str]) -> Self {
         for _ in 0..3 {
             let mut member = Member::new("etcd0");
+            member.extra = extra.iter().map(|s| s.to_string()).collect();
             let token = unique("tok");
             let ic = initial_cluster(std::slice::from_ref(&member));
             member.spawn(&ic, &token);
@@ -591,4 +601,127 @@ pub async fn next_put_lease(endpoint: &str, key: &str, timeout: Duration) -> Opt
         None
     };
     tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+// === stored payloads (chunks under `<prefix>/payload/<hash>/`, see src/payload.rs) ===
+
+/// The envelope stored for block `hash` under `prefix`, read at `revision` (0 = now): its
+/// chunks one by one (each answer stays under the client's 4 MiB limit), joined and unpacked
+/// by the sidecar's own code. `None` if no chunk exists; panics on an incomplete or corrupt
+/// set (a safety bug: a committed head must be repairable).
+pub async fn stored_payload(
+    endpoint: &str,
+    prefix: &str,
+    hash: &str,
+    revision: i64,
+) -> Option<String> {
+    let values = stored_chunks(endpoint, prefix, hash, revision).await;
+    if values.is_empty() {
+        return None;
+    }
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    Some(
+        op_sidecar::payload::assemble(&refs)
+            .unwrap_or_else(|e| panic!("stored payload of {hash} under {prefix}: {e}")),
+    )
+}
+
+/// The chunk values stored for block `hash`, in order, up to the one flagged last.
+pub async fn stored_chunks(
+    endpoint: &str,
+    prefix: &str,
+    hash: &str,
+    revision: i64,
+) -> Vec<Vec<u8>> {
+    use etcd_client::GetOptions;
+    let keys = op_sidecar::state::Keys::new(prefix);
+    let mut c = client(endpoint).await;
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let key = keys.payload_chunk(hash, values.len());
+        let opts = (revision > 0).then(|| GetOptions::new().with_revision(revision));
+        let resp = c
+            .get(key.clone(), opts)
+            .await
+            .unwrap_or_else(|e| panic!("etcd get {key}: {e}"));
+        let Some(kv) = resp.kvs().first() else { break };
+        let header =
+            op_sidecar::payload::chunk_header(kv.value()).unwrap_or_else(|e| panic!("{key}: {e}"));
+        values.push(kv.value().to_vec());
+        if header.last {
+            break;
+        }
+    }
+    values
+}
+
+/// `<prefix>/head` and the envelope stored for the block it names, read at one revision.
+pub async fn head_and_payload(endpoint: &str, prefix: &str) -> (Option<String>, Option<String>) {
+    let keys = op_sidecar::state::Keys::new(prefix);
+    let mut c = client(endpoint).await;
+    let resp = c
+        .get(keys.head(), None)
+        .await
+        .unwrap_or_else(|e| panic!("etcd get {}: {e}", keys.head()));
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let Some(kv) = resp.kvs().first() else {
+        return (None, None);
+    };
+    let head = String::from_utf8_lossy(kv.value()).into_owned();
+    let hash = serde_json::from_str::<serde_json::Value>(&head)
+        .ok()
+        .and_then(|v| v["hash"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{} is not a head record: {head}", keys.head()));
+    let payload = stored_payload(endpoint, prefix, &hash, rev).await;
+    (Some(head), payload)
+}
+
+/// The distinct block hashes that have chunks under `<prefix>/payload/` now.
+pub async fn payload_blocks(endpoint: &str, prefix: &str) -> Vec<String> {
+    use etcd_client::GetOptions;
+    let keys = op_sidecar::state::Keys::new(prefix);
+    let dir = keys.payload_dir();
+    let mut c = client(endpoint).await;
+    let resp = c
+        .get(
+            dir.clone(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("etcd get --prefix {dir}: {e}"));
+    let mut hashes: Vec<String> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            key.strip_prefix(&dir)
+                .and_then(|rest| rest.split('/').next())
+                .map(str::to_string)
+        })
+        .collect();
+    hashes.dedup();
+    hashes
+}
+
+/// etcd's backend size, the part in use, and the active alarms (`NOSPACE`, ...).
+pub async fn storage(endpoint: &str) -> (i64, i64, Vec<String>) {
+    let mut c = client(endpoint).await;
+    let st = c
+        .status()
+        .await
+        .unwrap_or_else(|e| panic!("etcd status of {endpoint}: {e}"));
+    let alarms = c
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("etcd alarm list of {endpoint}: {e}"));
+    let names = alarms
+        .alarms()
+        .iter()
+        .map(|a| format!("{:?}", a.alarm()).to_uppercase())
+        .collect();
+    (st.db_size(), st.raft_used_db_size(), names)
 }

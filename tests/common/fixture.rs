@@ -28,6 +28,13 @@ pub struct FixtureOpts {
     pub block_time: Duration,
     /// Conductor mode: node `i`'s conductor is sidecar `i`.
     pub conductor: bool,
+    /// Fake transaction bytes per sealed block (one size, or several picked at random per
+    /// block); change it while running with `f.sim.set_payload_sizes`.
+    pub payload_bytes: Vec<usize>,
+    /// The simulated op-node's `--conductor.rpc-timeout` (op-node's default is 1 s).
+    pub conductor_timeout: Duration,
+    /// Extra etcd flags, e.g. a small `--quota-backend-bytes`.
+    pub etcd_args: Vec<String>,
 }
 
 impl Default for FixtureOpts {
@@ -37,6 +44,9 @@ impl Default for FixtureOpts {
             flags: Vec::new(),
             block_time: Duration::from_secs(1),
             conductor: false,
+            payload_bytes: vec![1024],
+            conductor_timeout: Duration::from_secs(1),
+            etcd_args: Vec::new(),
         }
     }
 }
@@ -57,6 +67,12 @@ impl FixtureOpts {
 
     pub fn flag(mut self, name: &str, value: &str) -> Self {
         self.flags.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn etcd_arg(mut self, name: &str, value: &str) -> Self {
+        self.etcd_args.push(name.to_string());
+        self.etcd_args.push(value.to_string());
         self
     }
 }
@@ -86,7 +102,8 @@ impl Fixture {
     /// each node already points at the URL its sidecar will serve), but no sidecar yet: for
     /// scenarios that act on the chain before the sidecars exist. Then [`Fixture::start_sidecars`].
     pub async fn start_without_sidecars(n: usize, opts: FixtureOpts) -> Self {
-        let etcd = Etcd::start().await;
+        let etcd_args: Vec<&str> = opts.etcd_args.iter().map(String::as_str).collect();
+        let etcd = Etcd::start_with(&etcd_args).await;
         let rpc_ports: Vec<Option<u16>> = (0..n)
             .map(|_| opts.conductor.then(super::free_port))
             .collect();
@@ -101,6 +118,8 @@ impl Fixture {
             nodes: n,
             block_time: opts.block_time,
             node_configs,
+            payload_mix: opts.payload_bytes.clone(),
+            conductor_timeout: opts.conductor_timeout,
             ..Default::default()
         })
         .await
@@ -516,18 +535,30 @@ impl Fixture {
             .await
     }
 
-    /// `<prefix>/head` and `<prefix>/payload` read at one etcd revision (they are written by
-    /// one Txn, so they describe the same block), parsed as JSON.
+    /// `<prefix>/head` and the envelope stored for the block it names (its chunks under
+    /// `<prefix>/payload/<hash>/`), read at one etcd revision, parsed as JSON.
     pub async fn head_and_payload(&self) -> (Option<Value>, Option<Value>) {
-        let (head, payload) = (self.key("head"), self.key("payload"));
-        let vals = etcd::get_consistent(&self.etcd.client_url(), &[&head, &payload]).await;
-        let parse = |key: &str, v: &Option<String>| {
+        let (head, payload) = etcd::head_and_payload(&self.etcd.client_url(), &self.prefix).await;
+        let parse = |what: &str, v: &Option<String>| {
             v.as_ref().map(|raw| {
                 serde_json::from_str(raw)
-                    .unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {raw}"))
+                    .unwrap_or_else(|e| panic!("{what} is not JSON ({e}): {raw}"))
             })
         };
-        (parse(&head, &vals[0]), parse(&payload, &vals[1]))
+        (
+            parse("the head", &head),
+            parse("the stored payload", &payload),
+        )
+    }
+
+    /// Packed size of the payload stored for the committed head (data bytes of its chunks);
+    /// `None` if nothing is stored for it.
+    pub async fn stored_payload_bytes(&self) -> Option<usize> {
+        let head = self.etcd_json("head")?;
+        let hash = head["hash"].as_str()?;
+        let chunks = etcd::stored_chunks(&self.etcd.client_url(), &self.prefix, hash, 0).await;
+        // Each value is a 10-byte header and the data.
+        (!chunks.is_empty()).then(|| chunks.iter().map(|c| c.len() - 10).sum())
     }
 
     /// Every `<prefix>/head` record ever written, oldest first (etcd's history of the key).

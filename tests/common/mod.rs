@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use etcd::{etcdctl, etcdctl_try, Etcd, EtcdCluster};
 pub use fixture::{Fixture, FixtureOpts};
 pub use proxy::TcpProxy;
-pub use rpc::{raw_post, rpc, rpc_timeout, RpcError};
+pub use rpc::{http_get, metric, raw_post, rpc, rpc_timeout, RpcError};
 pub use sidecar::{Sidecar, SidecarBuilder};
 
 /// Polls `check` every ~100 ms until it returns true; panics naming `what` after `timeout`.

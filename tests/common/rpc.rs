@@ -143,3 +143,51 @@ pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, B
         Err(_) => Err(format!("no answer from {url} within {timeout:?}")),
     }
 }
+
+/// GETs `url` (the admin endpoints); returns status and body text. Panics without an answer.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let (authority, path) = split_url(url).unwrap_or_else(|e| panic!("{e}"));
+    let call = async {
+        let stream = TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake {authority}: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("build request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("send to {authority}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("read body from {authority}: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    match tokio::time::timeout(DEFAULT_TIMEOUT, call).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("GET {url}: {e}"),
+        Err(_) => panic!("GET {url}: no answer within {DEFAULT_TIMEOUT:?}"),
+    }
+}
+
+/// The value of a Prometheus sample line `name{labels} value` (exact name with labels as
+/// written), or `None` when absent.
+pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == name_with_labels)
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}

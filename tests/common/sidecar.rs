@@ -17,6 +17,12 @@ use super::{
 /// Path of the binary under test, built by cargo for integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_op-sidecar");
 
+/// The binary the cluster tests run: [`BIN`], or `TEST_SIDECAR_BIN` to run today's scenarios
+/// against another build (e.g. to see a regression test fail on the code before a fix).
+pub fn bin() -> String {
+    std::env::var("TEST_SIDECAR_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Lines of log printed per sidecar when a test fails.
@@ -225,11 +231,12 @@ impl Sidecar {
         let mut header = out.try_clone().expect("clone log handle");
         let _ = writeln!(
             header,
-            "===== harness: start #{}: {BIN} {}",
+            "===== harness: start #{}: {} {}",
             self.starts,
+            bin(),
             args.join(" ")
         );
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, _) in std::env::vars() {
             if k.starts_with("OP_SIDECAR_") {
@@ -239,7 +246,9 @@ impl Sidecar {
         for (k, v) in &self.builder.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()));
         self.child = Some(child);
         self.paused = false;
         self.starts += 1;
