@@ -59,6 +59,7 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             // Copies, not guards: see `Shared::leader_now`.
             let st = s.status_now();
             let health = s.health_now();
+            let etcd = s.etcd_now();
             let body = serde_json::json!({
                 "ready": st.started && st.etcd_reachable && !st.shutting_down,
                 "leader": s.leader_now().is_some(),
@@ -68,6 +69,7 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "node_healthy": health.healthy,
                 "node": health.summary(),
                 "shutting_down": st.shutting_down,
+                "etcd": etcd.to_json(),
             });
             let code = if st.started && st.etcd_reachable && !st.shutting_down {
                 StatusCode::OK

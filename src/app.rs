@@ -18,6 +18,7 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::election::{self, Election, EtcdPool};
 use crate::health::{self, Health};
+use crate::maintenance::{self, EtcdStorage};
 use crate::metrics::Metrics;
 use crate::rpc::client::HttpClient;
 use crate::sequencer::NodeClient;
@@ -84,6 +85,7 @@ pub async fn run_with_listeners(
     let (lease_tx, lease_rx) = watch::channel(None);
     let (health_tx, health_rx) = watch::channel(Health::initial());
     let (status_tx, status_rx) = watch::channel(Status::initial(config.paused));
+    let (etcd_tx, etcd_rx) = watch::channel(EtcdStorage::initial(config.etcd_quota_bytes));
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
@@ -120,11 +122,17 @@ pub async fn run_with_listeners(
         status: status_rx,
         lease: lease_rx.clone(),
         health: health_rx,
+        etcd: etcd_rx,
         commands: cmd_tx,
         metrics: metrics.clone(),
         committer: Committer::new(),
         leader_override: AtomicBool::new(false),
     });
+    tasks.spawn(maintenance::run(
+        shared.clone(),
+        etcd_tx,
+        background.clone(),
+    ));
     let rpc_task = tokio::spawn(crate::rpc::server::serve(
         rpc,
         shared.clone(),
@@ -169,7 +177,8 @@ pub async fn run_with_listeners(
 ///
 /// The watch covers `control/` through `leader/` (and `head` between them), not the whole
 /// prefix: etcd sends every event with its value, and `payload/` carries each block's
-/// megabytes.
+/// megabytes. It starts at the current revision, so compaction never cancels it; if etcd
+/// cancels it anyway it is opened again.
 async fn watch_changes(election: Election, wake: Arc<Notify>, cancel: CancellationToken) {
     let keys = election.keys().clone();
     let (leader_dir, control_dir) = (keys.leader_dir(), keys.control_dir());

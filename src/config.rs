@@ -69,6 +69,17 @@ pub struct Args {
     /// Timeout of one etcd request [default: 2s].
     #[arg(long = "etcd.timeout", env = "OP_SIDECAR_ETCD_TIMEOUT")]
     pub etcd_timeout: Option<String>,
+    /// How often the leader compacts etcd's history (to the revision of its previous
+    /// compaction); 0 turns it off, for an etcd that compacts itself [default: 5s].
+    #[arg(
+        long = "etcd.compaction-interval",
+        env = "OP_SIDECAR_ETCD_COMPACTION_INTERVAL"
+    )]
+    pub etcd_compaction_interval: Option<String>,
+    /// etcd's --quota-backend-bytes, for metrics and /readyz when etcd is older than 3.6 and does
+    /// not report it [default: 2147483648, etcd's own default].
+    #[arg(long = "etcd.quota-bytes", env = "OP_SIDECAR_ETCD_QUOTA_BYTES")]
+    pub etcd_quota_bytes: Option<String>,
     /// JSON-RPC listen address [default: 127.0.0.1].
     #[arg(long = "rpc.addr", env = "OP_SIDECAR_RPC_ADDR")]
     pub rpc_addr: Option<String>,
@@ -157,6 +168,9 @@ pub struct Config {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
     pub etcd_timeout: Duration,
+    /// Zero: the sidecar never compacts etcd.
+    pub etcd_compaction_interval: Duration,
+    pub etcd_quota_bytes: u64,
     pub rpc_addr: IpAddr,
     pub rpc_port: u16,
     pub rpc_advertise: String,
@@ -274,6 +288,8 @@ const SETTINGS: &[&str] = &[
     "etcd.endpoints",
     "etcd.prefix",
     "etcd.timeout",
+    "etcd.compaction-interval",
+    "etcd.quota-bytes",
     "rpc.addr",
     "rpc.port",
     "rpc.advertise",
@@ -433,6 +449,34 @@ impl Config {
         let etcd_timeout = r.get("etcd.timeout", &args.etcd_timeout, Some("2s"), |s| {
             parse_duration(s).and_then(positive)
         })?;
+        // Compacting to the previous compaction's revision keeps one interval of history for
+        // watchers; the backend then holds about two intervals of writes (see the README).
+        let etcd_compaction_interval = r.get(
+            "etcd.compaction-interval",
+            &args.etcd_compaction_interval,
+            Some("5s"),
+            |s| {
+                let d = parse_duration(s)?;
+                if !d.is_zero() && d < Duration::from_secs(1) {
+                    Err("must be 0 (off) or at least 1s".into())
+                } else {
+                    Ok(d)
+                }
+            },
+        )?;
+        let etcd_quota_bytes = r.get(
+            "etcd.quota-bytes",
+            &args.etcd_quota_bytes,
+            Some("2147483648"),
+            |s| {
+                let n = parse_num::<u64>(s)?;
+                if n == 0 {
+                    Err("must be greater than zero".into())
+                } else {
+                    Ok(n)
+                }
+            },
+        )?;
         let rpc_addr = r.get(
             "rpc.addr",
             &args.rpc_addr,
@@ -572,6 +616,8 @@ impl Config {
             etcd_endpoints,
             etcd_prefix,
             etcd_timeout,
+            etcd_compaction_interval,
+            etcd_quota_bytes,
             rpc_addr,
             rpc_port,
             rpc_advertise,
@@ -604,6 +650,8 @@ impl Config {
             "etcd.endpoints": self.etcd_endpoints,
             "etcd.prefix": self.etcd_prefix,
             "etcd.timeout": d(self.etcd_timeout),
+            "etcd.compaction-interval": d(self.etcd_compaction_interval),
+            "etcd.quota-bytes": self.etcd_quota_bytes,
             "rpc.addr": self.rpc_addr.to_string(),
             "rpc.port": self.rpc_port,
             "rpc.advertise": self.rpc_advertise,
@@ -687,8 +735,21 @@ mod tests {
         assert_eq!(c.node_advertise, "http://127.0.0.1:9545");
         assert_eq!(c.health.min_peer_count, 0);
         assert!(!c.paused);
+        assert_eq!(c.etcd_compaction_interval, Duration::from_secs(5));
         // A 10 MiB payload is ~21 MB as hex JSON.
         assert!(c.rpc_max_body >= 2 * 10 * 1024 * 1024 + 1024 * 1024);
+    }
+
+    #[test]
+    fn compaction_interval_can_be_off_but_not_tiny() {
+        let c = parse(&with(&["--etcd.compaction-interval", "0"])).expect("valid");
+        assert!(c.etcd_compaction_interval.is_zero());
+        let c = parse(&with(&["--etcd.compaction-interval", "5m"])).expect("valid");
+        assert_eq!(c.etcd_compaction_interval, Duration::from_secs(300));
+        let e = parse(&with(&["--etcd.compaction-interval", "100ms"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd.compaction-interval"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`); [`payload`]: the
 //!   stored form of a block (scanner, binary packing, chunks).
 //! - [`transfer`]: operator-requested leadership transfer.
+//! - [`maintenance`]: etcd history compaction (leader) and etcd size/quota/alarm reporting.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod election;
 pub mod health;
+pub mod maintenance;
 pub mod metrics;
 pub mod payload;
 pub mod role;

@@ -28,6 +28,16 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    pub alarm: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 /// 50 us .. ~26 s: a 1 KiB commit on a fast disk to a 10 MiB one on a slow one.
 fn stage_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00005, 2.0, 20))
@@ -45,6 +55,12 @@ pub struct Metrics {
     pub etcd_errors: Counter,
     pub commit_stage_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
     pub commit_stored_bytes: Counter,
+    pub etcd_db_size_bytes: Gauge,
+    pub etcd_db_size_in_use_bytes: Gauge,
+    pub etcd_quota_bytes: Gauge,
+    pub etcd_alarm: Family<AlarmLabels, Gauge>,
+    pub etcd_compactions: Family<ResultLabels, Counter>,
+    pub etcd_compacted_revision: Gauge,
 }
 
 impl Default for Metrics {
@@ -105,6 +121,12 @@ impl Metrics {
                 stage_histogram,
             );
         let commit_stored_bytes = Counter::default();
+        let etcd_db_size_bytes = Gauge::default();
+        let etcd_db_size_in_use_bytes = Gauge::default();
+        let etcd_quota_bytes = Gauge::default();
+        let etcd_alarm = Family::<AlarmLabels, Gauge>::default();
+        let etcd_compactions = Family::<ResultLabels, Counter>::default();
+        let etcd_compacted_revision = Gauge::default();
         registry.register(
             "commit_stage_seconds",
             "conductor_commitUnsafePayload time by stage: receive, decode, etcd, total",
@@ -114,6 +136,36 @@ impl Metrics {
             "commit_stored_bytes",
             "Packed payload bytes written to etcd by commits",
             commit_stored_bytes.clone(),
+        );
+        registry.register(
+            "etcd_db_size_bytes",
+            "etcd backend size (what its quota counts) on the member this sidecar talks to",
+            etcd_db_size_bytes.clone(),
+        );
+        registry.register(
+            "etcd_db_size_in_use_bytes",
+            "Part of the etcd backend holding live data; the rest is reclaimable by defragmentation",
+            etcd_db_size_in_use_bytes.clone(),
+        );
+        registry.register(
+            "etcd_quota_bytes",
+            "etcd's --quota-backend-bytes (as reported by etcd 3.6+, else --etcd.quota-bytes)",
+            etcd_quota_bytes.clone(),
+        );
+        registry.register(
+            "etcd_alarm",
+            "1 while etcd has this alarm raised (NOSPACE: writes refused until cleared)",
+            etcd_alarm.clone(),
+        );
+        registry.register(
+            "etcd_compactions",
+            "History compactions requested by this sidecar as leader, by result",
+            etcd_compactions.clone(),
+        );
+        registry.register(
+            "etcd_compacted_revision",
+            "The revision this sidecar last compacted etcd's history to",
+            etcd_compacted_revision.clone(),
         );
         Metrics {
             registry,
@@ -127,6 +179,12 @@ impl Metrics {
             etcd_errors,
             commit_stage_seconds,
             commit_stored_bytes,
+            etcd_db_size_bytes,
+            etcd_db_size_in_use_bytes,
+            etcd_quota_bytes,
+            etcd_alarm,
+            etcd_compactions,
+            etcd_compacted_revision,
         }
     }
 
@@ -171,9 +229,16 @@ mod tests {
             "{text}"
         );
         m.commit_stage("etcd", std::time::Duration::from_millis(3));
+        m.etcd_alarm
+            .get_or_create(&AlarmLabels { alarm: "NOSPACE" })
+            .set(1);
         let text = m.encode();
         assert!(
             text.contains("op_sidecar_commit_stage_seconds_count{stage=\"etcd\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op_sidecar_etcd_alarm{alarm=\"NOSPACE\"} 1"),
             "{text}"
         );
     }

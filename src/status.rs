@@ -10,6 +10,7 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::election::{Election, Leadership, LeaseState};
 use crate::health::Health;
+use crate::maintenance::EtcdStorage;
 use crate::metrics::Metrics;
 use crate::rpc::client::HttpClient;
 use crate::sequencer::NodeClient;
@@ -90,6 +91,8 @@ pub struct Shared {
     pub status: watch::Receiver<Status>,
     pub lease: watch::Receiver<Option<LeaseState>>,
     pub health: watch::Receiver<Health>,
+    /// etcd's size, quota and alarms as last read (see `maintenance`).
+    pub etcd: watch::Receiver<EtcdStorage>,
     pub commands: mpsc::Sender<Command>,
     pub metrics: Arc<Metrics>,
     pub committer: Committer,
@@ -122,5 +125,10 @@ impl Shared {
     /// A copy of the current health verdict; the watch guard is released before this returns.
     pub fn health_now(&self) -> Health {
         self.health.borrow().clone()
+    }
+
+    /// A copy of what we know of etcd's storage; the watch guard is released before this returns.
+    pub fn etcd_now(&self) -> EtcdStorage {
+        self.etcd.borrow().clone()
     }
 }

@@ -16,6 +16,8 @@
 //!   etcd Txns writing the same bytes.
 //! - `c_failover`: failover time per fault kind over `BENCH_RUNS` runs (default 20), with the
 //!   simulator's chain invariants checked after every run.
+//! - `d_soak_etcd_size`: etcd's database size over `BENCH_SOAK_MINUTES` (default 30) of
+//!   conductor-mode blocks of a realistic size mix.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -1118,7 +1120,8 @@ async fn b_commit_unsafe_payload() {
          the packing done before its clock starts; one sidecar commit alternates with one raw \
          commit. Payload size = bytes of fake transaction data (4 KiB transactions; the JSON \
          envelope carries them as hex, twice the bytes). etcd runs with its default fsync on \
-         the machine's disk and its default 1.5 MiB request limit. Latency in ms.\n",
+         the machine's disk and its default 1.5 MiB request limit; the sidecar compacts its \
+         history every 5 s (the default). Latency in ms.\n",
     );
     let tmp_fs = std::process::Command::new("df")
         .args(["--output=fstype,source"])
@@ -1816,5 +1819,128 @@ async fn c_failover() {
     );
     r.finish();
     assert!(failures.is_empty(), "failed runs: {failures:?}");
+    assert!(report.is_clean(), "chain invariants violated: {report}");
+}
+
+// === d: soak: etcd's size over a long run of realistic blocks ===
+
+/// Payload sizes picked at random per block: mostly 50-200 KB, some 0.5-1.3 MB (busy OP Stack
+/// chains today), and one block in twenty of 3 or 10 MiB (the gossip limit). ~0.9 MB mean.
+const SOAK_MIX: [usize; 20] = [
+    50_000, 50_000, 50_000, 50_000, 50_000, 50_000, 100_000, 100_000, 100_000, 100_000, 100_000,
+    200_000, 200_000, 200_000, 500_000, 500_000, 1_300_000, 1_300_000, 3_000_000, 10_485_760,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with deploy/bench.sh"]
+async fn d_soak_etcd_size() {
+    let minutes = env_usize("BENCH_SOAK_MINUTES", 30) as u64;
+    let mut r = Report::new("Soak: etcd's database size under a long run of conductor-mode blocks");
+    r.line(&format!(
+        "Setup: three sidecars in conductor mode with their default etcd settings \
+         (`--etcd.compaction-interval 5s`), one etcd with its default quota (2 GiB), simulated \
+         op-nodes sealing a block every second with a payload picked at random from {} sizes \
+         (6× 50 kB, 5× 100 kB, 3× 200 kB, 2× 500 kB, 2× 1.3 MB, 1× 3 MB, 1× 10 MiB: ~0.9 MB \
+         mean), for {minutes} min. Sampled every 30 s: payload bytes committed (the sidecars' \
+         `op_sidecar_commit_stored_bytes_total`), etcd's backend size and the part in use \
+         (`etcdctl endpoint status`), the leader sidecar's memory.\n",
+        SOAK_MIX.len()
+    ));
+    let mut opts = common::FixtureOpts::conductor();
+    opts.payload_bytes = SOAK_MIX.to_vec();
+    let mut f = common::Fixture::start(3, opts).await;
+    let leader = f.wait_single_active(Duration::from_secs(60)).await;
+    f.wait_leader_producing(Duration::from_secs(60)).await;
+    let url = f.etcd.client_url();
+    let mut kv = etcd_client::Client::connect([url.clone()], None)
+        .await
+        .unwrap();
+    r.line("| time | committed | height | etcd db | in use | leader RSS | alarms |");
+    r.line("|---|---|---|---|---|---|---|");
+    let started = Instant::now();
+    let end = started + Duration::from_secs(minutes * 60);
+    let (mut max_db, mut db_at_5min) = (0i64, None);
+    let mut last_db;
+    let mut last_row = Instant::now() - Duration::from_secs(3600);
+    let mut alarms_seen = Vec::new();
+    loop {
+        let mut committed = 0.0;
+        for i in 0..f.n() {
+            if f.sidecar(i).is_running() {
+                let m = admin_metrics(&f.sidecar(i).admin_url()).await;
+                committed += m
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("op_sidecar_commit_stored_bytes_total ")
+                            .and_then(|v| v.trim().parse::<f64>().ok())
+                    })
+                    .unwrap_or(0.0);
+            }
+        }
+        let st = kv.status().await.unwrap();
+        let alarms: Vec<String> = kv
+            .alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            )
+            .await
+            .unwrap()
+            .alarms()
+            .iter()
+            .map(|a| format!("{:?}", a.alarm()))
+            .collect();
+        alarms_seen.extend(alarms.iter().cloned());
+        let (db, in_use) = (st.db_size(), st.raft_used_db_size());
+        max_db = max_db.max(db);
+        last_db = db;
+        let elapsed = started.elapsed();
+        if db_at_5min.is_none() && elapsed >= Duration::from_secs(300) {
+            db_at_5min = Some(db);
+        }
+        let leader_now = f.leader_id().await.map(|id| common::Fixture::index_of(&id));
+        let rss = leader_now
+            .map(|i| mib(memory_kib(f.sidecar(i).pid()).0))
+            .unwrap_or_else(|| "-".into());
+        let done = Instant::now() >= end;
+        // A row a minute in the report (every sample on stderr).
+        let row = format!(
+            "| {:.1} min | {:.0} MB | {} | {:.1} MB | {:.1} MB | {rss} MiB | {} |",
+            elapsed.as_secs_f64() / 60.0,
+            committed / 1e6,
+            f.chain_height(),
+            db as f64 / 1e6,
+            in_use as f64 / 1e6,
+            if alarms.is_empty() {
+                "-".to_string()
+            } else {
+                alarms.join(",")
+            }
+        );
+        eprintln!("{row}");
+        if last_row.elapsed() >= Duration::from_secs(59) || done {
+            r.line(&row);
+            last_row = Instant::now();
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    let report = f.sim.check();
+    r.line(&format!(
+        "\nLargest etcd backend: {:.1} MB; at 5 min: {}; at the end: {:.1} MB. Alarms seen: {}. \
+         Chain: {report}. First leader: seq-{leader}.",
+        max_db as f64 / 1e6,
+        db_at_5min.map_or("-".to_string(), |d| format!("{:.1} MB", d as f64 / 1e6)),
+        last_db as f64 / 1e6,
+        if alarms_seen.is_empty() {
+            "none".to_string()
+        } else {
+            alarms_seen.join(", ")
+        },
+    ));
+    r.finish();
+    assert!(alarms_seen.is_empty(), "etcd alarms: {alarms_seen:?}");
     assert!(report.is_clean(), "chain invariants violated: {report}");
 }

@@ -26,6 +26,12 @@ const TRANSFER: Duration = Duration::from_secs(30);
 /// started before is still in flight.
 const COMMIT_SETTLES: Duration = Duration::from_secs(3);
 
+/// Conductor mode with the leader's etcd compaction off, for scenarios that read etcd's history
+/// afterwards (every version of `<prefix>/head`, the first leader key ever put).
+fn conductor_keeping_history() -> FixtureOpts {
+    FixtureOpts::conductor().flag("--etcd.compaction-interval", "0")
+}
+
 // === helpers ===
 
 /// Like [`wait_until`] but polls every 5 ms, for scenario set-ups that must act between two
@@ -166,7 +172,7 @@ fn assert_published_nothing_above(f: &Fixture, i: usize, height: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_published_block_was_committed_to_etcd_first() {
-    let mut f = Fixture::start(3, FixtureOpts::conductor()).await;
+    let mut f = Fixture::start(3, conductor_keeping_history()).await;
     let leader = f.wait_single_active(SETTLE).await;
     assert_eq!(f.wait_leader_producing(SETTLE).await, leader);
     let leader_id = Fixture::id(leader);
@@ -259,7 +265,7 @@ async fn every_published_block_was_committed_to_etcd_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_store_bootstraps_from_the_nodes_own_head() {
-    let mut f = Fixture::start_without_sidecars(3, FixtureOpts::conductor()).await;
+    let mut f = Fixture::start_without_sidecars(3, conductor_keeping_history()).await;
     for key in ["head", "payload", "stopped"] {
         assert!(
             f.etcd_json(key).is_none(),
@@ -313,7 +319,7 @@ enum Enable {
 /// `enable` says. The running sequencer must be adopted: its sidecar is the first leader and the
 /// node is never stopped, not even for a moment.
 async fn adoption_scenario(enable: Enable) {
-    let mut f = Fixture::start_without_sidecars(3, FixtureOpts::conductor()).await;
+    let mut f = Fixture::start_without_sidecars(3, conductor_keeping_history()).await;
     let running = 2;
     f.node(running).sequence_by_hand();
     tokio::time::sleep(COMMIT_SETTLES).await;
