@@ -7,6 +7,11 @@
 #   BENCH_RUNS=5 deploy/bench.sh    # fewer failover runs
 #   BENCH_NOTE="..." deploy/bench.sh  # a free-text note recorded with the run
 #   deploy/bench.sh c_failover      # only benchmarks whose name contains the filter
+#   deploy/bench.sh b_commit        # commit latency at 1 KiB .. 10 MiB vs raw etcd Txns
+#   deploy/bench.sh d_soak          # etcd's size over a 30 min soak of realistic blocks
+#   BENCH_SOAK_MINUTES=5 deploy/bench.sh d_soak   # a short soak
+#
+# A run without a filter includes the 30 min soak.
 #
 # Numbers are whole-system loopback numbers: load generator, sidecars, simulator and etcd share
 # the machine. Run it on a quiet machine: the CPU use before and after the run, and any other
@@ -78,7 +83,7 @@ sampler=$!
 trap 'kill "$sampler" 2>/dev/null || true' EXIT
 
 set +e
-BENCH_OUT="$results" BENCH_RUNS="$runs" \
+BENCH_OUT="$results" BENCH_RUNS="$runs" BENCH_SOAK_MINUTES="${BENCH_SOAK_MINUTES:-30}" \
   cargo test --release --locked --test bench -- --ignored --nocapture --test-threads 1 "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
@@ -120,7 +125,7 @@ run_md="$out_dir/run.md"
   echo "- machine: \`$(uname -srm)\`, $cpus CPUs ($cpu_model), $mem_total RAM; temp dirs (etcd data) on $tmp_fs"
   echo "- software: $rustc_version, $etcd_version, release build (\`[profile.release] debug = 1\`)"
   echo "- commit: $commit"
-  echo "- command: \`deploy/bench.sh${*:+ $*}\` (BENCH_RUNS=$runs), $minutes min"
+  echo "- command: \`deploy/bench.sh${*:+ $*}\` (BENCH_RUNS=$runs${BENCH_SOAK_MINUTES:+, BENCH_SOAK_MINUTES=$BENCH_SOAK_MINUTES}), $minutes min"
   echo "- before the run: load average (1/5/15 min) $load_before, CPUs busy over 2 s: $busy_before${top_before:+ ($top_before)}"
   echo "- after the run: load average $load_after, CPUs busy over 2 s: $busy_after${top_after:+ ($top_after)}"
   echo "- during the run: another process used ≥ 5% of a CPU in $foreign_samples of $samples samples (every ~10 s)${foreign_top:+: $foreign_top}"
