@@ -51,28 +51,25 @@ impl From<PayloadError> for CommitError {
     }
 }
 
-/// An envelope whose block fields have been read; only the scanner makes one, so the fields
-/// always belong to the text.
-#[derive(Debug, Clone, Copy)]
+/// An envelope borrowed from the request, with its block fields. Only [`scan_param`] makes
+/// one, so the fields always belong to the text.
+#[derive(Debug, Clone)]
 pub struct Envelope<'a> {
     text: &'a str,
-    meta: &'a BlockMeta,
+    meta: BlockMeta,
 }
 
-impl<'a> Envelope<'a> {
-    pub fn new(text: &'a str, meta: &'a BlockMeta) -> Self {
-        Envelope { text, meta }
-    }
-
+impl Envelope<'_> {
     pub fn meta(&self) -> &BlockMeta {
-        self.meta
+        &self.meta
     }
 }
 
-/// The envelope in `conductor_commitUnsafePayload`'s params, borrowed, and its block fields
-/// (see [`payload::single_envelope_param`]).
-pub fn scan_param(params: &str) -> Result<(&str, BlockMeta), PayloadError> {
-    off_the_runtime(params.len(), || payload::single_envelope_param(params))
+/// The envelope in `conductor_commitUnsafePayload`'s params (`[envelope]`), borrowed, and its
+/// block fields (see [`payload::single_envelope_param`]).
+pub fn scan_param(params: &str) -> Result<Envelope<'_>, PayloadError> {
+    let (text, meta) = off_the_runtime(params.len(), || payload::single_envelope_param(params))?;
+    Ok(Envelope { text, meta })
 }
 
 /// The fence's fields of a stored or posted envelope.
@@ -149,7 +146,7 @@ impl Committer {
         e: &Election,
         l: &Leadership,
         me: &str,
-        envelope: Envelope<'_>,
+        envelope: &Envelope<'_>,
     ) -> Result<Committed, CommitError> {
         let block = envelope.meta().clone();
         let mut cache = self.cache.lock().await;
@@ -357,6 +354,13 @@ pub async fn read_payload(e: &Election, hash: &str) -> Result<Option<Box<RawValu
             Some(kv) => values.push(kv.value()),
             None => return Err(stored(format!("chunk {i} of {count} is missing"))),
         }
+    }
+    // Up to the chunk flagged last: anything after it is not part of this envelope.
+    if let Some(last) = values
+        .iter()
+        .position(|v| payload::chunk_header(v).is_ok_and(|h| h.last))
+    {
+        values.truncate(last + 1);
     }
     let total: usize = values.iter().map(|v| v.len()).sum();
     off_the_runtime(total, || {

@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 use super::client::CallError;
 use super::server::FORWARDED;
 use crate::commit::{CommitError, Envelope};
-use crate::payload::BlockMeta;
 
 use super::error::RpcError;
 use super::proxy::{self, Upstream};
@@ -186,9 +185,9 @@ pub async fn call(
             // 10 MiB block is neither parsed nor copied here (the server already checked it is
             // JSON).
             let started = Instant::now();
-            let (text, meta) = crate::commit::scan_param(p.map_or("[]", RawValue::get))
+            let envelope = crate::commit::scan_param(p.map_or("[]", RawValue::get))
                 .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
-            commit_unsafe_payload(s, text, &meta, started).await
+            commit_unsafe_payload(s, &envelope, started).await
         }
         "conductor_overrideLeader" => {
             let (on,): (bool,) = params(p)?;
@@ -335,8 +334,7 @@ async fn set_paused(s: &Shared, paused: bool) -> Result<(), RpcError> {
 /// the block passes unfenced (logged).
 async fn commit_unsafe_payload(
     s: &Shared,
-    text: &str,
-    meta: &BlockMeta,
+    envelope: &Envelope<'_>,
     started: Instant,
 ) -> Result<Box<RawValue>, RpcError> {
     let scanned = started.elapsed();
@@ -350,12 +348,7 @@ async fn commit_unsafe_payload(
     };
     match s
         .committer
-        .commit(
-            &s.election,
-            &l,
-            &s.config.server_id,
-            Envelope::new(text, meta),
-        )
+        .commit(&s.election, &l, &s.config.server_id, envelope)
         .await
     {
         Ok(c) => {
