@@ -73,8 +73,8 @@ sample_others() {
 
 cpus=$(nproc)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-busy_before=$(cpu_busy)
-top_before=$(busiest)
+busy_before=$(cpu_busy || true)
+top_before=$(busiest || true)
 started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 t_start=$(date +%s)
 others="$out_dir/other-processes.txt"
@@ -91,8 +91,8 @@ set -e
 kill "$sampler" 2>/dev/null || true
 wait "$sampler" 2>/dev/null || true
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-busy_after=$(cpu_busy)
-top_after=$(busiest)
+busy_after=$(cpu_busy || true)
+top_after=$(busiest || true)
 # samples, samples with another process busy, and the busiest other processes (max % of a CPU).
 read -r samples foreign_samples < <(awk '$1 == "T" { n++; if (busy) f++; busy = 0 } $1 == "P" { busy = 1 }
   END { if (busy) f++; print n + 0, f + 0 }' "$others")
