@@ -196,6 +196,20 @@ impl Chaos {
         (0..N).filter(|&i| !st.sidecar_stopped_or_down(i)).collect()
     }
 
+    /// Which etcd members are down, for notes on refused operator calls.
+    fn etcd_note(&self) -> String {
+        let st = self.state.lock();
+        let down: Vec<String> = (0..N)
+            .filter(|&m| st.etcd_down[m])
+            .map(|m| format!("etcd{m}"))
+            .collect();
+        if down.is_empty() {
+            "every etcd member up".into()
+        } else {
+            format!("down: {}", down.join(","))
+        }
+    }
+
     /// The first live sidecar at or after `want`, cyclically.
     fn live_near(&self, want: usize) -> Option<usize> {
         let live = self.live();
@@ -347,21 +361,38 @@ impl Chaos {
                 }
             }
             Kind::StopElection => {
-                let Some(via) = self.live_near(f.via) else {
-                    run.skipped = Some("no live sidecar to ask".into());
+                // Any sidecar will do: one whose etcd client is stuck on a dead member refuses
+                // (noted), the next one is asked.
+                let live = self.live();
+                let order: Vec<usize> = (0..N)
+                    .map(|k| (f.via + k) % N)
+                    .filter(|i| live.contains(i))
+                    .collect();
+                let mut refusals = Vec::new();
+                let mut done = false;
+                for via in order {
+                    let url = self.sidecars[via].url();
+                    match rpc_timeout(&url, "coordinator_stopElection", json!([]), OP_CALL).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_transport() => {
+                            refusals.push(format!("seq-{via} unconfirmed: {e}"));
+                        }
+                        Err(e) => {
+                            refusals.push(format!("seq-{via} refused: {e}"));
+                            continue;
+                        }
+                    }
+                    run.note = format!("via seq-{via}");
+                    done = true;
+                    break;
+                }
+                let etcd = self.etcd_note();
+                if !refusals.is_empty() {
+                    *run.outcome.lock() = Some(format!("{} ({etcd})", refusals.join("; ")));
+                }
+                if !done {
+                    run.skipped = Some(format!("every live sidecar refused ({etcd})"));
                     return;
-                };
-                run.note = format!("via seq-{via}");
-                let url = self.sidecars[via].url();
-                match rpc_timeout(&url, "coordinator_stopElection", json!([]), OP_CALL).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_transport() => {
-                        *run.outcome.lock() = Some(format!("unconfirmed: {e}"));
-                    }
-                    Err(e) => {
-                        run.skipped = Some(format!("coordinator_stopElection refused: {e}"));
-                        return;
-                    }
                 }
                 self.state.lock().election_stopped = true;
             }
@@ -428,13 +459,25 @@ impl Chaos {
                     .map_err(|e| format!("conductor_resume: {e}"))?;
             }
             Kind::StopElection => {
-                let via = self
-                    .live_near(f.via)
-                    .ok_or_else(|| "no live sidecar to ask".to_string())?;
-                let url = self.sidecars[via].url();
-                rpc_timeout(&url, "coordinator_startElection", json!([]), OP_CALL)
-                    .await
-                    .map_err(|e| format!("coordinator_startElection via seq-{via}: {e}"))?;
+                let live = self.live();
+                let mut errors = Vec::new();
+                for via in (0..N).map(|k| (f.via + k) % N).filter(|i| live.contains(i)) {
+                    let url = self.sidecars[via].url();
+                    match rpc_timeout(&url, "coordinator_startElection", json!([]), OP_CALL).await {
+                        Ok(_) => {
+                            errors.clear();
+                            break;
+                        }
+                        Err(e) => errors.push(format!("seq-{via}: {e}")),
+                    }
+                }
+                if !errors.is_empty() || live.is_empty() {
+                    return Err(format!(
+                        "coordinator_startElection: {} ({})",
+                        errors.join("; "),
+                        self.etcd_note()
+                    ));
+                }
                 self.state.lock().election_stopped = false;
             }
             Kind::Override => {

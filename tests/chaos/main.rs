@@ -216,6 +216,14 @@ async fn campaign(mode: Mode, seed: u64, faults: usize) -> Result<(), String> {
         tokio::time::sleep_until(t0 + Duration::from_millis(due)).await;
         match action {
             Action::Inject(k) => {
+                // A removal that ran late (an etcd member slow to rejoin) must not let two
+                // faults overlap that the schedule keeps apart: wait for room.
+                if !plan::room_for(&runs_in_force(&runs), runs[k].fault.kind) {
+                    let now = rel(tokio::time::Instant::now());
+                    queue.insert((now + 200, seq), Action::Inject(k));
+                    seq += 1;
+                    continue;
+                }
                 c.inject(&mut runs[k]).await;
                 let r = &runs[k];
                 let now = rel(tokio::time::Instant::now());
@@ -351,6 +359,14 @@ async fn campaign(mode: Mode, seed: u64, faults: usize) -> Result<(), String> {
         first.join("\n"),
         replay_command(mode, seed, faults)
     ))
+}
+
+/// Kinds of the faults in force now.
+fn runs_in_force(runs: &[Run]) -> Vec<Kind> {
+    runs.iter()
+        .filter(|r| r.injected_ms.is_some() && r.ended_ms.is_none())
+        .map(|r| r.fault.kind)
+        .collect()
 }
 
 fn max_head(c: &Chaos) -> u64 {

@@ -363,6 +363,24 @@ fn earliest_fit(placed: &[Fault], t: u64, dur: u64, class: Class) -> u64 {
         .unwrap_or_else(|| placed.iter().map(Fault::end_ms).max().unwrap_or(t).max(t))
 }
 
+/// Whether one more fault of `kind` keeps every cap, given the kinds in force.
+pub fn room_for(in_force: &[Kind], kind: Kind) -> bool {
+    let classes: Vec<Class> = in_force
+        .iter()
+        .chain(std::iter::once(&kind))
+        .map(|k| k.class())
+        .collect();
+    within_caps(&classes)
+}
+
+fn within_caps(active: &[Class]) -> bool {
+    let count = |c: Class| active.iter().filter(|&&a| a == c).count();
+    active.len() <= MAX_ACTIVE
+        && count(Class::Member) <= MAX_MEMBER
+        && count(Class::Etcd) <= MAX_ETCD
+        && count(Class::Operator) <= MAX_OPERATOR
+}
+
 /// Whether a fault of `class` in force over `[start, end)` keeps every cap at every instant.
 fn fits(placed: &[Fault], start: u64, end: u64, class: Class) -> bool {
     let points = std::iter::once(start).chain(
@@ -378,12 +396,7 @@ fn fits(placed: &[Fault], start: u64, end: u64, class: Class) -> bool {
             .map(|f| f.kind.class())
             .chain(std::iter::once(class))
             .collect();
-        let count = |c: Class| active.iter().filter(|&&a| a == c).count();
-        if active.len() > MAX_ACTIVE
-            || count(Class::Member) > MAX_MEMBER
-            || count(Class::Etcd) > MAX_ETCD
-            || count(Class::Operator) > MAX_OPERATOR
-        {
+        if !within_caps(&active) {
             return false;
         }
     }
@@ -393,14 +406,11 @@ fn fits(placed: &[Fault], start: u64, end: u64, class: Class) -> bool {
 /// The caps, checked at every start of `plan` (used by the unit tests).
 pub fn caps_hold(plan: &[Fault]) -> bool {
     plan.iter().all(|f| {
-        let active: Vec<&Fault> = plan
+        let active: Vec<Class> = plan
             .iter()
             .filter(|g| g.at_ms <= f.at_ms && f.at_ms < g.end_ms())
+            .map(|g| g.kind.class())
             .collect();
-        let count = |c: Class| active.iter().filter(|g| g.kind.class() == c).count();
-        active.len() <= MAX_ACTIVE
-            && count(Class::Member) <= MAX_MEMBER
-            && count(Class::Etcd) <= MAX_ETCD
-            && count(Class::Operator) <= MAX_OPERATOR
+        within_caps(&active)
     })
 }
