@@ -408,6 +408,9 @@ fn info(ev: &Evidence) -> String {
             );
         }
     }
+    for g in long_gaps(&ev.samples) {
+        let _ = writeln!(out, "  {}", g.describe(ev));
+    }
     // The design says a stopped election never halts a chain that has no leader; the
     // campaign's rules excuse these gaps, so they are reported here, not failed.
     let halted = gaps(&ev.samples, |s| {
@@ -516,6 +519,126 @@ fn gaps(samples: &[Sample], eligible: impl Fn(&Sample) -> bool) -> Vec<Gap> {
             to: last.t_ms,
             ended_by: "the end of the run (never)",
         });
+    }
+    out
+}
+
+/// A stretch without a new block longer than [`WEDGE_MS`], with the time each excuse held.
+struct LongGap {
+    from: u64,
+    to: u64,
+    height: u64,
+    /// ms per reason, in the order of [`REASONS`].
+    by_reason: [u64; 5],
+    longest_eligible: u64,
+    /// Why members were not candidates, at the middle of the longest "no candidate" stretch.
+    no_candidate: Option<String>,
+}
+
+const REASONS: [&str; 5] = [
+    "eligible",
+    "etcd quorum lost",
+    "election stopped",
+    "override",
+    "no caught-up healthy candidate",
+];
+
+fn reason(s: &Sample) -> usize {
+    if !s.quorum {
+        1
+    } else if s.election_stopped {
+        2
+    } else if s.override_on {
+        3
+    } else if s.candidates.is_empty() {
+        4
+    } else {
+        0
+    }
+}
+
+impl LongGap {
+    fn describe(&self, ev: &Evidence) -> String {
+        let parts: Vec<String> = REASONS
+            .iter()
+            .zip(self.by_reason)
+            .filter(|(_, ms)| *ms > 0)
+            .map(|(r, ms)| format!("{r} {:.1} s", ms as f64 / 1000.0))
+            .collect();
+        format!(
+            "no block for {:.1} s from {} (height {}): {}; longest eligible stretch {:.1} s{}",
+            (self.to - self.from) as f64 / 1000.0,
+            ev.rel(self.from),
+            self.height,
+            parts.join(", "),
+            self.longest_eligible as f64 / 1000.0,
+            self.no_candidate
+                .as_ref()
+                .map_or_else(String::new, |w| format!("; no candidate because {w}"))
+        )
+    }
+}
+
+/// Every stretch between new blocks longer than [`WEDGE_MS`], whatever excused it.
+fn long_gaps(samples: &[Sample]) -> Vec<LongGap> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    for i in 1..=samples.len() {
+        let progressed = i == samples.len() || samples[i].max > samples[start].max;
+        if !progressed {
+            continue;
+        }
+        let end = i.min(samples.len() - 1);
+        let (from, to) = (samples[start].t_ms, samples[end].t_ms);
+        if to - from > WEDGE_MS {
+            let mut by_reason = [0u64; 5];
+            let mut longest_eligible = 0;
+            let mut eligible_run = 0;
+            // (length, first sample) of the current and of the longest "no candidate" run.
+            let mut run = (0u64, start);
+            let mut longest = (0u64, start);
+            for j in start..end {
+                let dt = samples[j + 1].t_ms - samples[j].t_ms;
+                let r = reason(&samples[j]);
+                by_reason[r] += dt;
+                eligible_run = if r == 0 { eligible_run + dt } else { 0 };
+                longest_eligible = longest_eligible.max(eligible_run);
+                run = match (r, run.0) {
+                    (4, 0) => (dt, j),
+                    (4, len) => (len + dt, run.1),
+                    _ => (0, j),
+                };
+                if run.0 > longest.0 {
+                    longest = run;
+                }
+            }
+            let middle = longest.1 + (longest.0 / 400) as usize;
+            let no_candidate = (longest.0 > 0).then(|| {
+                let s = &samples[middle.min(end)];
+                (0..N)
+                    .map(|m| {
+                        let why = if s.faulted[m] {
+                            "fault in force".to_string()
+                        } else if s.crashed[m] {
+                            "node crashed".to_string()
+                        } else {
+                            format!("head {} < {}", s.heads[m], s.max)
+                        };
+                        format!("seq-{m} {why}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            out.push(LongGap {
+                from,
+                to,
+                height: samples[start].max,
+                by_reason,
+                longest_eligible,
+                no_candidate,
+            });
+        }
+        start = i;
     }
     out
 }

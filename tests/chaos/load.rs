@@ -186,6 +186,8 @@ pub struct Sample {
     pub crashed: [bool; N],
     /// Highest unsafe head over every node.
     pub max: u64,
+    /// Members with a fault in force on their sidecar, node or etcd link.
+    pub faulted: [bool; N],
     pub quorum: bool,
     pub election_stopped: bool,
     pub override_on: bool,
@@ -231,8 +233,9 @@ pub fn sample(nodes: &[op_node_sim::NodeHandle], st: &InForce, slack: u64) -> Sa
         crashed[i] = s.crashed;
     }
     let max = heads.iter().copied().max().unwrap_or(0);
+    let faulted: [bool; N] = std::array::from_fn(|i| !st.member[i].is_empty());
     let candidates = (0..N)
-        .filter(|&i| st.member[i].is_empty() && !crashed[i] && heads[i] + slack >= max)
+        .filter(|&i| !faulted[i] && !crashed[i] && heads[i] + slack >= max)
         .collect();
     Sample {
         t_ms: now_ms(),
@@ -240,6 +243,7 @@ pub fn sample(nodes: &[op_node_sim::NodeHandle], st: &InForce, slack: u64) -> Sa
         active,
         crashed,
         max,
+        faulted,
         quorum: st.quorum(),
         election_stopped: st.election_stopped,
         override_on: st.override_on.is_some(),
