@@ -18,13 +18,19 @@ const SETTLE: Duration = Duration::from_secs(30);
 const FAILOVER: Duration = Duration::from_secs(40);
 
 /// Bug 1 (S1/S2): a follower wins the key, then is cut off from etcd and gossip while its node
-/// answers every call in 1.9 s. Its take-over used to run with no bound: it started its node
-/// seconds after its lease had lapsed and another sidecar had started (5 forked heights).
-/// Now every await of the take-over is raced against the lease deadline and the start needs
-/// enough lease left, so the cut-off winner gives up and exactly one node sequences.
+/// turns slow (1.9 s per call, just under the 2 s node timeout) exactly where the start path
+/// reads it: `optimism_syncStatus` and `admin_startSequencer`. The start path used to check the
+/// lease once and then wait on the node with no bound: it started its node after its lease had
+/// lapsed and another sidecar had started (forked heights). Now every await of the take-over is
+/// raced against the lease deadline and the start needs TTL/2 of the lease left, so the
+/// cut-off winner gives up and exactly one node sequences. Default lease TTL (3 s), as in the
+/// reproduction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
-    let mut f = Fixture::start(3, FixtureOpts::default().with_proxy()).await;
+    let opts = FixtureOpts::default()
+        .with_proxy()
+        .flag("--lease.ttl", "3s");
+    let mut f = Fixture::start(3, opts).await;
     let old = f.wait_single_active(SETTLE).await;
     let winner = (old + 1) % 3;
     let other = (old + 2) % 3;
@@ -38,6 +44,11 @@ async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
         let id = Fixture::id(winner);
         async move { etcd::next_put_of(&etcd_url, &leader_dir, &id, FAILOVER).await }
     });
+    // The winner's first take-over call answers after 1 s, which leaves the test time to cut it
+    // off before the start path runs (health checks do not use that method). The lease is
+    // still valid when the start path begins: the old code checked it there, once.
+    f.node(winner)
+        .set_rpc_delay_for(Duration::from_secs(1), &["admin_conductorEnabled"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.sidecar(old).kill();
 
@@ -46,7 +57,10 @@ async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
     assert!(key.is_some(), "{} never won the key", Fixture::id(winner));
     f.proxy(winner).partition();
     f.node(winner).cut_gossip(true);
-    f.node(winner).set_rpc_delay(Duration::from_millis(1900));
+    f.node(winner).set_rpc_delay_for(
+        Duration::from_millis(1900),
+        &["optimism_syncStatus", "admin_startSequencer"],
+    );
     let before = f.published_by(winner).len();
     rpc(&f.sidecar(other).url(), "conductor_resume", json!([]))
         .await
