@@ -62,6 +62,7 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::json!({
                 "ready": st.started && st.etcd_reachable && !st.shutting_down,
                 "leader": s.leader_now().is_some(),
+                "role": format!("{:?}", st.role).to_lowercase(),
                 "paused": st.paused,
                 "etcd_reachable": st.etcd_reachable,
                 "node_healthy": health.healthy,

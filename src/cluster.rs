@@ -1,6 +1,7 @@
 //! Reads of the shared cluster state in etcd (leader, head, stopped, members, control keys) in one round trip, and the operator control writes; makes no leadership decisions.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
@@ -21,9 +22,11 @@ pub struct View {
 }
 
 impl View {
-    /// A transfer that has not expired.
+    /// A transfer that has not expired. The record is bound to an etcd lease whose TTL is the
+    /// transfer window, so etcd's clock alone decides when it lapses (hosts' wall clocks may
+    /// disagree); `expires_ms` is informational.
     pub fn pending_transfer(&self) -> Option<&TransferRecord> {
-        self.transfer.as_ref().filter(|t| t.expires_ms > unix_ms())
+        self.transfer.as_ref()
     }
 
     /// The highest block any leader recorded (committed head or stopped head).
@@ -140,16 +143,25 @@ pub async fn put_transfer(
     e: &Election,
     leader: Option<&LeaderInfo>,
     t: &TransferRecord,
+    window: Duration,
 ) -> Result<bool, ElectionError> {
     let value = serde_json::to_vec(t).map_err(|err| ElectionError::Etcd(err.to_string()))?;
+    // The record lives exactly as long as a lease of the window's length: expiry by etcd's
+    // clock, not by comparing wall clocks across hosts.
+    let ttl = window.as_secs().max(1) as i64 + i64::from(window.subsec_nanos() > 0);
+    let lease = e
+        .run(|c| async move { c.lease_client().grant(ttl, None).await })
+        .await?
+        .id();
     let cmp = match leader {
         Some(l) => Compare::create_revision(l.key.clone(), CompareOp::Equal, l.epoch),
         None => Compare::create_revision(e.keys().leader_dir(), CompareOp::Equal, 0).with_prefix(),
     };
-    let txn =
-        Txn::new()
-            .when(vec![cmp])
-            .and_then(vec![TxnOp::put(e.keys().transfer(), value, None)]);
+    let txn = Txn::new().when(vec![cmp]).and_then(vec![TxnOp::put(
+        e.keys().transfer(),
+        value,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
     Ok(e.txn(txn).await?.succeeded())
 }
 

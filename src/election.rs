@@ -159,12 +159,72 @@ pub struct LeaseState {
     pub id: i64,
     /// Monotonic instant after which we must behave as if the lease were gone.
     pub valid_until: Instant,
+    /// The same deadline on CLOCK_BOOTTIME, which keeps counting while the host is suspended
+    /// (the monotonic clock does not): a VM resumed after a pause must not believe a lease
+    /// etcd has long expired is still valid.
+    pub valid_until_boot: Duration,
 }
 
 impl LeaseState {
-    pub fn valid_at(&self, now: Instant) -> bool {
-        now < self.valid_until
+    /// The lease as granted or extended by a request sent at `sent`, answered with `granted`.
+    pub fn new(id: i64, sent: Stamp, granted: Duration, ttl: Duration) -> Self {
+        LeaseState {
+            id,
+            valid_until: deadline(sent.mono, granted, ttl),
+            valid_until_boot: (sent.boot + granted.min(ttl)).saturating_sub(margin(ttl)),
+        }
     }
+
+    /// Moves the deadline later (never earlier) for a keepalive sent at `sent`; true if it moved.
+    pub fn extend(&mut self, sent: Stamp, granted: Duration, ttl: Duration) -> bool {
+        let next = LeaseState::new(self.id, sent, granted, ttl);
+        if next.valid_until > self.valid_until {
+            self.valid_until = next.valid_until;
+            self.valid_until_boot = self.valid_until_boot.max(next.valid_until_boot);
+            return true;
+        }
+        false
+    }
+
+    /// Valid at `now` on the monotonic (tokio) clock AND on the boot clock right now.
+    pub fn valid_at(&self, now: Instant) -> bool {
+        now < self.valid_until && boottime() < self.valid_until_boot
+    }
+}
+
+/// One reading of both clocks, taken when a lease request is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub mono: Instant,
+    pub boot: Duration,
+}
+
+impl Stamp {
+    pub fn now() -> Self {
+        Stamp {
+            mono: Instant::now(),
+            boot: boottime(),
+        }
+    }
+}
+
+/// CLOCK_BOOTTIME since boot. On failure (never seen on Linux) it reads as the end of time, so
+/// every lease looks expired: fail closed.
+pub fn boottime() -> Duration {
+    #[cfg(target_os = "linux")]
+    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    #[cfg(not(target_os = "linux"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(CLOCK, &mut ts) };
+    if rc != 0 || ts.tv_sec < 0 {
+        return Duration::MAX;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// How long before etcd could expire the lease we stop trusting it: a quarter of the TTL,
@@ -199,7 +259,7 @@ pub async fn run_lease(
         if cancel.is_cancelled() {
             return;
         }
-        let sent = Instant::now();
+        let sent = Stamp::now();
         let id = match pool
             .run(limit, |c| async move {
                 c.lease_client().grant(ttl_secs, None).await
@@ -225,10 +285,7 @@ pub async fn run_lease(
         };
         backoff = Duration::from_millis(100);
         failed_grants = 0;
-        let mut state = LeaseState {
-            id,
-            valid_until: deadline(sent, ttl, ttl),
-        };
+        let mut state = LeaseState::new(id, sent, ttl, ttl);
         tx.send_replace(Some(state));
         tracing::info!(lease = format_args!("{id:x}"), ttl = ?ttl, "lease granted");
 
@@ -238,7 +295,7 @@ pub async fn run_lease(
         let mut outage = false;
         // Send instants of keepalives not yet acknowledged, oldest first. Matching an ack to an
         // older send than its own only makes the deadline earlier, never later.
-        let mut pending: VecDeque<Instant> = VecDeque::new();
+        let mut pending: VecDeque<Stamp> = VecDeque::new();
         let mut tick = tokio::time::interval(keepalive_interval(ttl));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -254,9 +311,7 @@ pub async fn run_lease(
                             continue 'grant;
                         }
                         if let Some(sent) = sent {
-                            let d = deadline(sent, Duration::from_secs(resp.ttl() as u64), ttl);
-                            if d > state.valid_until {
-                                state.valid_until = d;
+                            if state.extend(sent, Duration::from_secs(resp.ttl() as u64), ttl) {
                                 tx.send_replace(Some(state));
                             }
                         }
@@ -269,7 +324,7 @@ pub async fn run_lease(
                     }
                 },
                 _ = tick.tick() => {
-                    let now = Instant::now();
+                    let now = Stamp::now();
                     match stream.as_mut() {
                         Some((keeper, _)) => {
                             if keeper.keep_alive().await.is_ok() {
@@ -290,9 +345,7 @@ pub async fn run_lease(
                                         tracing::info!(lease = format_args!("{id:x}"), "lease keepalives flowing again");
                                     }
                                     stream = Some(s);
-                                    let d = deadline(now, ttl, ttl);
-                                    if d > state.valid_until {
-                                        state.valid_until = d;
+                                    if state.extend(now, ttl, ttl) {
                                         tx.send_replace(Some(state));
                                     }
                                 }
@@ -517,12 +570,46 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn validity_follows_the_monotonic_clock() {
-        let s = LeaseState {
-            id: 1,
-            valid_until: Instant::now() + Duration::from_secs(2),
-        };
+        let ttl = Duration::from_secs(4);
+        let s = LeaseState::new(1, Stamp::now(), ttl, ttl);
         assert!(s.valid_at(Instant::now()));
-        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::time::advance(Duration::from_secs(3)).await;
         assert!(!s.valid_at(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn validity_also_ends_on_the_boot_clock() {
+        // A host suspended for longer than the TTL: the monotonic clock did not move, the boot
+        // clock did. Simulated by a send stamp whose boot reading lies a TTL in the past.
+        let ttl = Duration::from_secs(3);
+        let mut sent = Stamp::now();
+        sent.boot = sent.boot.saturating_sub(ttl);
+        let s = LeaseState::new(1, sent, ttl, ttl);
+        assert!(
+            Instant::now() < s.valid_until,
+            "monotonic clock alone says valid"
+        );
+        assert!(
+            !s.valid_at(Instant::now()),
+            "the boot clock must say expired"
+        );
+    }
+
+    #[test]
+    fn extend_never_moves_the_deadline_earlier() {
+        let ttl = Duration::from_secs(3);
+        let t0 = Stamp::now();
+        let mut s = LeaseState::new(1, t0, ttl, ttl);
+        let before = s;
+        let mut older = t0;
+        older.mono -= Duration::from_millis(500);
+        older.boot = older.boot.saturating_sub(Duration::from_millis(500));
+        assert!(!s.extend(older, ttl, ttl));
+        assert_eq!(s, before);
+        let mut later = t0;
+        later.mono += Duration::from_millis(500);
+        later.boot += Duration::from_millis(500);
+        assert!(s.extend(later, ttl, ttl));
+        assert!(s.valid_until > before.valid_until && s.valid_until_boot > before.valid_until_boot);
     }
 }

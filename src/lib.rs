@@ -5,7 +5,9 @@
 //! - [`state`]: the etcd key layout and records; [`cluster`]: one-round-trip reads of them.
 //! - [`sequencer`]: typed op-node / op-geth client.
 //! - [`health`]: polling and a pure, hysteresis-filtered verdict.
-//! - [`app`]: the control loop (the only caller of start/stop) and the shutdown order.
+//! - [`app`]: wiring and the shutdown order; [`control`]: the control loop (the only caller of
+//!   start/stop); [`role`]: its decisions as pure functions; [`term`]: the lease-deadline bound
+//!   on every await made while holding or acquiring the lease; [`status`]: what it publishes.
 //! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`).
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
@@ -15,11 +17,14 @@ pub mod app;
 pub mod cluster;
 pub mod commit;
 pub mod config;
+pub mod control;
 pub mod election;
 pub mod health;
 pub mod metrics;
+pub mod role;
 pub mod rpc;
 pub mod sequencer;
 pub mod state;
 pub mod status;
+pub mod term;
 pub mod transfer;

@@ -242,15 +242,18 @@ impl NodeClient {
 
     /// Stops sequencing. op-node waits for the last sealed block before answering, so this uses a
     /// longer limit than other calls.
+    /// `admin_stopSequencer`; op-node waits for a block in progress, so this allows three
+    /// ordinary timeouts.
     pub async fn stop(&self) -> Result<StopOutcome, CallError> {
+        self.stop_within(self.timeout * 3).await
+    }
+
+    /// `admin_stopSequencer` with an explicit limit (a leader stepping down bounds it by what
+    /// is left of its lease).
+    pub async fn stop_within(&self, limit: Duration) -> Result<StopOutcome, CallError> {
         match self
             .http
-            .call::<_, String>(
-                &self.node_url,
-                "admin_stopSequencer",
-                [(); 0],
-                self.timeout * 3,
-            )
+            .call::<_, String>(&self.node_url, "admin_stopSequencer", [(); 0], limit)
             .await
         {
             Ok(hash) => Ok(StopOutcome::Stopped(hash)),

@@ -29,6 +29,8 @@ pub enum Mode {
 /// What the control loop publishes for the RPC and admin servers.
 #[derive(Debug, Clone)]
 pub struct Status {
+    /// Where the control loop stands in the election.
+    pub role: crate::role::Role,
     /// Set from winning the key until stepping down (handover included).
     pub leading: Option<Leadership>,
     /// The leader gate: `conductor_leader` / `requestBuildingBlock` may answer yes. Raised
@@ -50,6 +52,7 @@ pub struct Status {
 impl Status {
     pub fn initial(paused: bool) -> Self {
         Status {
+            role: crate::role::Role::Follower,
             leading: None,
             gate: false,
             paused,

@@ -73,7 +73,7 @@ pub async fn transfer_to(s: &Shared, target: &str) -> Result<(), TransferError> 
             epoch: view.leader.as_ref().map(|l| l.epoch).unwrap_or(0),
             expires_ms: unix_ms() + window(s).as_millis() as u64,
         };
-        if !cluster::put_transfer(&s.election, view.leader.as_ref(), &t).await? {
+        if !cluster::put_transfer(&s.election, view.leader.as_ref(), &t, window(s)).await? {
             return Err(TransferError::Raced);
         }
         tracing::info!(target, from = %t.from, "leadership transfer requested");

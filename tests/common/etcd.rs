@@ -536,3 +536,59 @@ pub async fn first_put(
     };
     tokio::time::timeout(timeout, read).await.ok().flatten()
 }
+
+/// Waits for the next put under `prefix` (from now on) whose value is `value`; returns its key.
+/// Watching, not polling, so the caller can act within milliseconds of the write.
+pub async fn next_put_of(
+    endpoint: &str,
+    prefix: &str,
+    value: &str,
+    timeout: Duration,
+) -> Option<String> {
+    use etcd_client::{EventType, WatchOptions};
+    let mut c = client(endpoint).await;
+    let mut stream = c
+        .watch(prefix, Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap_or_else(|e| panic!("etcd watch {prefix}: {e}"));
+    let read = async {
+        while let Ok(Some(resp)) = stream.message().await {
+            for ev in resp.events() {
+                if ev.event_type() != EventType::Put {
+                    continue;
+                }
+                if let Some(kv) = ev.kv() {
+                    if kv.value() == value.as_bytes() {
+                        return Some(String::from_utf8_lossy(kv.key()).into_owned());
+                    }
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+/// Waits for the next put of `key` (from now on) and returns the lease it was written with
+/// (0 = none).
+pub async fn next_put_lease(endpoint: &str, key: &str, timeout: Duration) -> Option<i64> {
+    use etcd_client::EventType;
+    let mut c = client(endpoint).await;
+    let mut stream = c
+        .watch(key, None)
+        .await
+        .unwrap_or_else(|e| panic!("etcd watch {key}: {e}"));
+    let read = async {
+        while let Ok(Some(resp)) = stream.message().await {
+            for ev in resp.events() {
+                if ev.event_type() == EventType::Put {
+                    if let Some(kv) = ev.kv() {
+                        return Some(kv.lease());
+                    }
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}

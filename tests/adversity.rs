@@ -1,0 +1,250 @@
+//! Regression tests for the bugs an outside review reproduced against the running binary
+//! (issue 6): each drives real sidecar processes, a real etcd and the simulator into the path
+//! that broke, and checks the simulator's ledger (no height with two blocks, no rewind) and
+//! that the chain goes on.
+//!
+//! Timeouts are generous upper bounds for a loaded 2-core machine, never performance claims.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use common::{etcd, rpc, Fixture, FixtureOpts};
+
+const SETTLE: Duration = Duration::from_secs(30);
+const FAILOVER: Duration = Duration::from_secs(40);
+
+/// Bug 1 (S1/S2): a follower wins the key, then is cut off from etcd and gossip while its node
+/// turns slow (1.9 s per call, just under the 2 s node timeout) exactly where the start path
+/// reads it: `optimism_syncStatus` and `admin_startSequencer`. The start path used to check the
+/// lease once and then wait on the node with no bound: it started its node after its lease had
+/// lapsed and another sidecar had started (forked heights). Now every await of the take-over is
+/// raced against the lease deadline and the start needs TTL/2 of the lease left, so the
+/// cut-off winner gives up and exactly one node sequences. Default lease TTL (3 s), as in the
+/// reproduction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
+    let opts = FixtureOpts::default()
+        .with_proxy()
+        .flag("--lease.ttl", "3s");
+    let mut f = Fixture::start(3, opts).await;
+    let old = f.wait_single_active(SETTLE).await;
+    let winner = (old + 1) % 3;
+    let other = (old + 2) % 3;
+    // Only `winner` may contend when the leader dies.
+    rpc(&f.sidecar(other).url(), "conductor_pause", json!([]))
+        .await
+        .unwrap();
+    let leader_dir = f.key("leader/");
+    let etcd_url = f.etcd.client_url();
+    let won = tokio::spawn({
+        let id = Fixture::id(winner);
+        async move { etcd::next_put_of(&etcd_url, &leader_dir, &id, FAILOVER).await }
+    });
+    // The winner's first take-over call answers after 1 s, which leaves the test time to cut it
+    // off before the start path runs (health checks do not use that method). The lease is
+    // still valid when the start path begins: the old code checked it there, once.
+    f.node(winner)
+        .set_rpc_delay_for(Duration::from_secs(1), &["admin_conductorEnabled"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.sidecar(old).kill();
+
+    // The moment `winner` holds the key: cut it off from etcd and gossip; its node turns slow.
+    let key = won.await.unwrap();
+    assert!(key.is_some(), "{} never won the key", Fixture::id(winner));
+    f.proxy(winner).partition();
+    f.node(winner).cut_gossip(true);
+    f.node(winner).set_rpc_delay_for(
+        Duration::from_millis(1900),
+        &["optimism_syncStatus", "admin_startSequencer"],
+    );
+    let before = f.published_by(winner).len();
+    rpc(&f.sidecar(other).url(), "conductor_resume", json!([]))
+        .await
+        .unwrap();
+
+    // `other` takes over once etcd expires winner's lease; winner must never start meanwhile.
+    f.wait_single_active_where(FAILOVER, "the unpaused follower to lead", |i| i == other)
+        .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    f.assert_invariants();
+    let after = f.published_by(winner);
+    assert_eq!(
+        after.len(),
+        before,
+        "the cut-off winner published blocks: {:?}\n{}",
+        &after[before..],
+        f.sidecar(winner).log_tail(60)
+    );
+
+    f.node(winner).set_rpc_delay(Duration::ZERO);
+    f.node(winner).cut_gossip(false);
+    f.proxy(winner).heal();
+    f.sidecar(old).restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.wait_single_active(SETTLE).await;
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
+
+/// Bug 4 (L2): with the election stopped, the leader restarts gracefully (it resigns, so there is
+/// no leader at all). Nobody used to contend, not even the previous leader: a permanent halt.
+/// Now the last leader takes the lease back at once, and any eligible member after a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_election_with_no_leader_does_not_halt_the_chain() {
+    let mut f = Fixture::start(3, FixtureOpts::default()).await;
+    let old = f.wait_single_active(SETTLE).await;
+    f.rpc_any("coordinator_stopElection", json!([]))
+        .await
+        .unwrap();
+    for url in f.live_urls() {
+        common::wait_until(
+            Duration::from_secs(10),
+            "electionStopped everywhere",
+            || async {
+                rpc(&url, "coordinator_electionStopped", json!([])).await == Ok(json!(true))
+            },
+        )
+        .await;
+    }
+    // Graceful stop: the sidecar stops its node, records the head and resigns.
+    f.sidecar(old).terminate();
+    assert!(f
+        .sidecar(old)
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some());
+    let halted_at = f.chain_height();
+    // Nobody else leads yet... then, after the bound, one of the others must.
+    let new = f.wait_new_leader(old, FAILOVER).await;
+    assert_ne!(new, old);
+    f.assert_chain_passes(halted_at + 3).await;
+    // The election stays stopped: the operator's setting is not undone.
+    assert_eq!(
+        f.rpc_any("coordinator_electionStopped", json!([])).await,
+        Ok(json!(true))
+    );
+    // The previous leader restarts while another leads: it must not take over.
+    f.sidecar(old).restart().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(f.wait_single_active(SETTLE).await, new);
+
+    // Now the leader restarts gracefully while the others are up: as the last leader it
+    // takes the key back itself, before the bound lets anyone else in.
+    f.sidecar(new).terminate();
+    assert!(f
+        .sidecar(new)
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .is_some());
+    f.sidecar(new).restart().await;
+    f.wait_single_active(FAILOVER).await;
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
+
+/// Bug 3 (L2, conductor mode): the documented escape hatch — pause every sidecar, override
+/// the leader check on one, force its node active, remove the override, resume — used to end
+/// in a permanent halt: blocks produced under the override never advanced `<prefix>/head`, so
+/// every later commit was refused ("does not extend the committed head"). A new leader now
+/// records the head its node really starts from (verified to contain the committed head) in
+/// one fenced Txn before starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_recovery_runbook_ends_with_a_producing_chain() {
+    let mut f = Fixture::start(3, FixtureOpts::conductor()).await;
+    f.wait_leader_producing(SETTLE).await;
+    let urls: Vec<String> = (0..3).map(|i| f.sidecar(i).url()).collect();
+    for u in &urls {
+        rpc(u, "conductor_pause", json!([])).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let x = 1;
+    rpc(&urls[x], "conductor_overrideLeader", json!([true]))
+        .await
+        .unwrap();
+    let node = f.node(x).node_url();
+    rpc(&node, "admin_overrideLeader", json!([])).await.unwrap();
+    if !f.node(x).is_active() {
+        let head = f.node(x).head();
+        rpc(&node, "admin_startSequencer", json!([head.hash]))
+            .await
+            .unwrap();
+    }
+    let forced_from = f.chain_height();
+    f.assert_chain_passes(forced_from + 4).await;
+    rpc(&urls[x], "conductor_overrideLeader", json!([false]))
+        .await
+        .unwrap();
+    for u in &urls {
+        rpc(u, "conductor_resume", json!([])).await.unwrap();
+    }
+    // The cluster takes over from the forced sequencer and keeps producing, fenced again.
+    let resumed_at = f.chain_height();
+    f.assert_chain_passes(resumed_at + 5).await;
+    let leader = f.wait_leader_producing(FAILOVER).await;
+    let head = f.etcd_json("head").expect("committed head");
+    assert!(
+        head["number"].as_u64().unwrap() > forced_from,
+        "the committed head must follow the chain again: {head}"
+    );
+    f.assert_chain_passes(f.chain_height() + 3).await;
+    assert_eq!(f.wait_single_active(SETTLE).await, leader);
+    f.assert_invariants();
+}
+
+/// Bug 6 (conductor mode): an unhealthy leader whose op-node accepts connections but never
+/// answers used to wait for admin_stopSequencer to time out (6 s) before resigning. The fence
+/// makes resigning first safe: the gate goes down, the key is released, then the stop is
+/// attempted (bounded), so a successor can start while the stop is still pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_leader_node_resigns_before_its_stop_times_out() {
+    let mut f = Fixture::start(3, FixtureOpts::conductor()).await;
+    let old = f.wait_leader_producing(SETTLE).await;
+    f.node(old).hang(true);
+    let new = f.wait_new_leader_producing(old, FAILOVER).await;
+    assert_ne!(new, old);
+    let log = f.sidecar(old).log();
+    let down = log
+        .rfind("stepping down")
+        .expect("the old leader stepped down");
+    let after = &log[down..];
+    let resigned = after.find("resigned").expect("it resigned");
+    let stop_failed = after
+        .find("admin_stopSequencer failed")
+        .unwrap_or(usize::MAX);
+    assert!(
+        resigned < stop_failed,
+        "the key must be released before the hung node's stop is given up:\n{}",
+        f.sidecar(old).log_tail(40)
+    );
+    f.node(old).hang(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    f.wait_single_active(SETTLE).await;
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
+
+/// The transfer record used to expire by comparing wall clocks across hosts; it is now bound
+/// to an etcd lease whose TTL is the transfer window, so etcd's clock alone ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_record_expires_with_an_etcd_lease() {
+    let mut f = Fixture::start(3, FixtureOpts::default()).await;
+    let old = f.wait_single_active(SETTLE).await;
+    let target = Fixture::id((old + 1) % 3);
+    let (etcd_url, key) = (f.etcd.client_url(), f.key("control/transfer"));
+    let put = tokio::spawn(async move {
+        etcd::next_put_lease(&etcd_url, &key, Duration::from_secs(30)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = f.sidecar(old).url();
+    rpc(&url, "coordinator_setMaster", json!([target]))
+        .await
+        .unwrap();
+    let lease = put.await.unwrap().expect("a transfer record was written");
+    assert_ne!(lease, 0, "the transfer record must be bound to a lease");
+    f.wait_single_active(SETTLE).await;
+    f.assert_invariants();
+}
