@@ -19,6 +19,16 @@ use crate::Lock;
 const OP_CALL: Duration = Duration::from_secs(5);
 /// Time limit of a transfer call: it returns once the target produces or the attempt failed.
 const TRANSFER_CALL: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed sidecar may take to shut down gracefully before it is killed.
+const GRACEFUL_EXIT: Duration = Duration::from_secs(10);
+/// The op-node methods a slow-admin node delays (health checks use none of them).
+const ADMIN_METHODS: [&str; 5] = [
+    "admin_conductorEnabled",
+    "admin_startSequencer",
+    "admin_stopSequencer",
+    "admin_sequencerActive",
+    "admin_postUnsafePayload",
+];
 /// After a sidecar comes back (restart, SIGCONT) its probes may still fail this long.
 pub const COME_BACK_GRACE_MS: u64 = 2_000;
 
@@ -52,7 +62,7 @@ impl InForce {
     fn sidecar_stopped_or_down(&self, m: usize) -> bool {
         self.member[m]
             .iter()
-            .any(|(_, k)| matches!(k, Kind::SidecarKill | Kind::SidecarStop))
+            .any(|(_, k)| matches!(k, Kind::SidecarKill | Kind::SidecarStop | Kind::SidecarTerm))
     }
 }
 
@@ -301,6 +311,7 @@ impl Chaos {
         match f.kind {
             Kind::SidecarKill => self.sidecars[m].kill(),
             Kind::SidecarStop => self.sidecars[m].pause(),
+            Kind::SidecarTerm => self.sidecars[m].terminate(),
             Kind::EtcdPartition => self.proxies[m].iter().for_each(TcpProxy::partition),
             Kind::EtcdMemberKill => {
                 self.etcd.kill_member(f.param as usize);
@@ -319,6 +330,10 @@ impl Chaos {
                 .sim
                 .node(m)
                 .set_rpc_delay(Duration::from_millis(f.param)),
+            Kind::NodeSlowAdmin => self
+                .sim
+                .node(m)
+                .set_rpc_delay_for(Duration::from_millis(f.param), &ADMIN_METHODS),
             Kind::GossipCut => self.sim.node(m).cut_gossip(true),
             Kind::Transfer => {
                 let Some(via) = self.live_near(f.via) else {
@@ -430,6 +445,18 @@ impl Chaos {
                 self.sidecars[m].resume();
                 self.excuse(m, run);
             }
+            Kind::SidecarTerm => {
+                let exit = self.sidecars[m].wait_exit(GRACEFUL_EXIT).await;
+                let took = now_ms().saturating_sub(run.injected_ms.unwrap_or(0));
+                *run.outcome.lock() = Some(match exit {
+                    Some(status) => format!("exited with {status} {took} ms after SIGTERM"),
+                    None => format!(
+                        "still running {took} ms after SIGTERM: killed (graceful shutdown hung)"
+                    ),
+                });
+                self.sidecars[m].restart().await;
+                self.excuse(m, run);
+            }
             Kind::EtcdPartition => self.proxies[m].iter().for_each(TcpProxy::heal),
             Kind::EtcdMemberKill => {
                 self.etcd.restart_member(f.param as usize).await;
@@ -449,7 +476,7 @@ impl Chaos {
                 .map_err(|e| format!("node restart: {e:#}"))?,
             Kind::NodeStall => self.sim.node(m).stall_head(false),
             Kind::NodeHang => self.sim.node(m).hang(false),
-            Kind::NodeSlow => self.sim.node(m).set_rpc_delay(Duration::ZERO),
+            Kind::NodeSlow | Kind::NodeSlowAdmin => self.sim.node(m).set_rpc_delay(Duration::ZERO),
             Kind::GossipCut => self.sim.node(m).cut_gossip(false),
             Kind::Transfer => {}
             Kind::Pause => {

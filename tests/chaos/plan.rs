@@ -52,6 +52,9 @@ pub enum Kind {
     SidecarKill,
     /// SIGSTOP the sidecar past the lease TTL, then SIGCONT.
     SidecarStop,
+    /// SIGTERM (graceful shutdown: stop, record, resign), restart when the fault ends: a
+    /// rolling restart.
+    SidecarTerm,
     /// Blackhole the sidecar's connections to every etcd member, then heal.
     EtcdPartition,
     /// Kill one etcd member, restart it.
@@ -66,6 +69,9 @@ pub enum Kind {
     NodeHang,
     /// Every node RPC waits `param` ms (1.5–1.9 s, the sidecar's node timeout is 2 s).
     NodeSlow,
+    /// Only the node's `admin_*` methods wait `param` ms: health checks pass, so the member
+    /// stays a candidate, but its take-over and step-down calls run near the timeout.
+    NodeSlowAdmin,
     /// The node neither sends nor receives gossip.
     GossipCut,
     /// Operator: `conductor_transferLeader`, `coordinator_setMaster` or
@@ -99,9 +105,10 @@ pub enum Group {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::SidecarKill,
         Kind::SidecarStop,
+        Kind::SidecarTerm,
         Kind::EtcdPartition,
         Kind::EtcdMemberKill,
         Kind::QuorumLoss,
@@ -109,6 +116,7 @@ impl Kind {
         Kind::NodeStall,
         Kind::NodeHang,
         Kind::NodeSlow,
+        Kind::NodeSlowAdmin,
         Kind::GossipCut,
         Kind::Transfer,
         Kind::Pause,
@@ -120,6 +128,7 @@ impl Kind {
         match self {
             Kind::SidecarKill => "sidecar-kill",
             Kind::SidecarStop => "sidecar-sigstop",
+            Kind::SidecarTerm => "sidecar-sigterm",
             Kind::EtcdPartition => "etcd-partition",
             Kind::EtcdMemberKill => "etcd-member-kill",
             Kind::QuorumLoss => "etcd-quorum-loss",
@@ -127,6 +136,7 @@ impl Kind {
             Kind::NodeStall => "node-stall",
             Kind::NodeHang => "node-hang",
             Kind::NodeSlow => "node-slow",
+            Kind::NodeSlowAdmin => "node-slow-admin",
             Kind::GossipCut => "gossip-cut",
             Kind::Transfer => "op-transfer",
             Kind::Pause => "op-pause",
@@ -145,12 +155,15 @@ impl Kind {
 
     pub fn group(self) -> Option<Group> {
         match self {
-            Kind::SidecarKill | Kind::SidecarStop | Kind::Pause => Some(Group::Process),
+            Kind::SidecarKill | Kind::SidecarStop | Kind::SidecarTerm | Kind::Pause => {
+                Some(Group::Process)
+            }
             Kind::EtcdPartition => Some(Group::Link),
             Kind::NodeCrash
             | Kind::NodeStall
             | Kind::NodeHang
             | Kind::NodeSlow
+            | Kind::NodeSlowAdmin
             | Kind::GossipCut => Some(Group::Node),
             _ => None,
         }
@@ -168,6 +181,7 @@ impl Kind {
             self,
             Kind::SidecarKill
                 | Kind::SidecarStop
+                | Kind::SidecarTerm
                 | Kind::EtcdPartition
                 | Kind::NodeCrash
                 | Kind::NodeStall
@@ -181,13 +195,15 @@ impl Kind {
         match self {
             Kind::SidecarKill => 10,
             Kind::SidecarStop => 8,
+            Kind::SidecarTerm => 6,
             Kind::EtcdPartition => 8,
             Kind::EtcdMemberKill => 5,
             Kind::QuorumLoss => 3,
             Kind::NodeCrash => 8,
             Kind::NodeStall => 7,
             Kind::NodeHang => 6,
-            Kind::NodeSlow => 9,
+            Kind::NodeSlow => 8,
+            Kind::NodeSlowAdmin => 6,
             Kind::GossipCut => 5,
             Kind::Transfer => 7,
             Kind::Pause => 5,
@@ -206,6 +222,8 @@ impl Kind {
             Kind::SidecarKill => (1_000, 6_000),
             // Past the 2 s lease TTL.
             Kind::SidecarStop => (3_000, 8_000),
+            // Down time after the process exited.
+            Kind::SidecarTerm => (1_000, 6_000),
             Kind::EtcdPartition => (3_000, 10_000),
             Kind::EtcdMemberKill => (2_000, 10_000),
             Kind::QuorumLoss => (3_000, 8_000),
@@ -213,6 +231,7 @@ impl Kind {
             Kind::NodeStall => (3_000, 10_000),
             Kind::NodeHang => (3_000, 8_000),
             Kind::NodeSlow => (4_000, 10_000),
+            Kind::NodeSlowAdmin => (4_000, 10_000),
             Kind::GossipCut => (3_000, 10_000),
             Kind::Transfer => (3_000, 3_000),
             Kind::Pause => (2_000, 6_000),
@@ -262,6 +281,7 @@ impl Fault {
         };
         let what = match self.kind {
             Kind::NodeSlow => format!("{target}, rpc delay {} ms", self.param),
+            Kind::NodeSlowAdmin => format!("{target}, admin_* delay {} ms", self.param),
             Kind::EtcdMemberKill => format!("etcd{}", self.param),
             Kind::QuorumLoss => {
                 let up = self.param as usize;
@@ -324,7 +344,7 @@ pub fn generate(seed: u64, mode: Mode, count: usize) -> Vec<Fault> {
         let via = rng.random_range(0..N);
         let to = rng.random_range(0..N);
         let param = match kind {
-            Kind::NodeSlow => rng.random_range(1_500..=1_900u64),
+            Kind::NodeSlow | Kind::NodeSlowAdmin => rng.random_range(1_500..=1_900u64),
             Kind::EtcdMemberKill | Kind::QuorumLoss => rng.random_range(0..N as u64),
             Kind::Transfer => rng.random_range(0..3u64),
             _ => 0,
