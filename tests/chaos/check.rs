@@ -46,6 +46,8 @@ pub struct Evidence {
     pub harness: Vec<String>,
     /// Set when the cluster did not settle on one producing sequencer after the last fault.
     pub final_problem: Option<String>,
+    /// `<prefix>/head` at the end of the run (raw JSON), if it could be read.
+    pub committed_head: Option<String>,
 }
 
 pub struct Violation {
@@ -162,9 +164,10 @@ pub fn check(ev: &Evidence) -> Outcome {
         if k < DETAILED {
             let _ = writeln!(
                 details,
-                "\n### WEDGE from {} to {}\n  {summary}",
+                "\n### WEDGE from {} to {}\n  {summary}\n  {}",
                 ev.when(g.from),
-                ev.rel(g.to)
+                ev.rel(g.to),
+                committed_head_line(ev)
             );
             details.push_str(&context(
                 ev,
@@ -207,7 +210,11 @@ pub fn check(ev: &Evidence) -> Outcome {
         });
     }
     if let Some(p) = &ev.final_problem {
-        let _ = writeln!(details, "\n### DID NOT SETTLE after the last fault\n  {p}");
+        let _ = writeln!(
+            details,
+            "\n### DID NOT SETTLE after the last fault\n  {p}\n  {}",
+            committed_head_line(ev)
+        );
         details.push_str(&context(ev, ev.end_ms.saturating_sub(20_000), ev.end_ms));
         violations.push(Violation {
             what: "no single producing sequencer at the end",
@@ -252,6 +259,42 @@ pub fn check(ev: &Evidence) -> Outcome {
 
 // === the summary table ===
 
+/// The committed head at the end and whether it is a published block (on the chain).
+fn committed_head_line(ev: &Evidence) -> String {
+    let Some(raw) = &ev.committed_head else {
+        return "committed head (<prefix>/head) at the end: absent or unreadable".into();
+    };
+    let parsed: Option<serde_json::Value> = serde_json::from_str(raw).ok();
+    let (number, hash) = parsed
+        .as_ref()
+        .map(|v| (v["number"].as_u64(), v["hash"].as_str().map(str::to_string)))
+        .unwrap_or((None, None));
+    let verdict = match (number, hash) {
+        (Some(n), Some(h)) => match find(&ev.ledger, &h) {
+            Some(b) => format!("published by {} at {}", b.producer, ev.rel(b.unix_ms)),
+            None => {
+                let at: Vec<String> = ev
+                    .ledger
+                    .published
+                    .iter()
+                    .filter(|b| b.number == n)
+                    .map(|b| format!("{} by {}", short(&b.hash), b.producer))
+                    .collect();
+                format!(
+                    "NEVER PUBLISHED (height {n} holds {}): no node can reach it",
+                    if at.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        at.join(", ")
+                    }
+                )
+            }
+        },
+        _ => "unparsable".into(),
+    };
+    format!("committed head (<prefix>/head) at the end: {raw} -> {verdict}")
+}
+
 fn summary_table(ev: &Evidence) -> String {
     let mut out = String::new();
     let injected = ev.runs.iter().filter(|r| r.injected_ms.is_some()).count();
@@ -269,6 +312,7 @@ fn summary_table(ev: &Evidence) -> String {
         out,
         "failover = fault on the producing leader -> first block by another producer; next = fault -> next block by anyone (quorum loss: from its end); ms"
     );
+    let _ = writeln!(out, "{}", committed_head_line(ev));
     let _ = writeln!(
         out,
         "{:<17} {:>4} {:>4} {:>4} {:>4} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>4} {:>6} {:>6} {:>6} {:>4}",
@@ -835,14 +879,23 @@ fn run_line(ev: &Evidence, r: &Run) -> String {
 }
 
 /// Lines of a sidecar log stamped within `[from, to]` (lines without a stamp follow the
-/// previous one), DEBUG lines left out, the last `max` of them, each cut to 300 characters.
+/// previous one), DEBUG lines left out, lines repeating one of the previous 8 line shapes
+/// (text without stamp and digits) folded into a count, the last `max` of them, each cut to
+/// 300 characters.
 pub fn log_window(path: &std::path::Path, from: u64, to: u64, max: usize) -> Vec<String> {
+    const WINDOW: usize = 8;
     let Ok(bytes) = std::fs::read(path) else {
         return vec![format!("<cannot read {}>", path.display())];
     };
     let text = String::from_utf8_lossy(&bytes);
+    let shape = |line: &str| -> String {
+        let body = line.split_once(' ').map_or(line, |(_, rest)| rest);
+        body.chars().filter(|c| !c.is_ascii_digit()).collect()
+    };
     let mut inside = false;
     let mut out: Vec<String> = Vec::new();
+    let mut recent: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut folded = 0usize;
     for line in text.lines() {
         if let Some(t) = log_ms(line) {
             inside = t >= from && t <= to;
@@ -850,7 +903,23 @@ pub fn log_window(path: &std::path::Path, from: u64, to: u64, max: usize) -> Vec
         if !inside || line.contains(" DEBUG ") || line.contains(" TRACE ") {
             continue;
         }
+        let sh = shape(line);
+        if recent.contains(&sh) {
+            folded += 1;
+            continue;
+        }
+        if folded > 0 {
+            out.push(format!("  ... {folded} similar line(s) folded"));
+            folded = 0;
+        }
         out.push(line.chars().take(300).collect());
+        recent.push_back(sh);
+        if recent.len() > WINDOW {
+            recent.pop_front();
+        }
+    }
+    if folded > 0 {
+        out.push(format!("  ... {folded} similar line(s) folded"));
     }
     let skip = out.len().saturating_sub(max);
     out.split_off(skip)

@@ -316,6 +316,17 @@ async fn campaign(mode: Mode, seed: u64, faults: usize) -> Result<(), String> {
     let ledger = c.sim.ledger();
     let report = ledger.check();
     let logs: Vec<PathBuf> = c.sidecars.iter().map(|s| s.log_path()).collect();
+    let committed_head = {
+        let (urls, key) = (c.etcd.client_urls(), format!("{}/head", c.prefix));
+        tokio::task::spawn_blocking(move || {
+            common::etcdctl_try(&urls, &["get", &key, "--print-value-only"]).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    };
     let ev = Evidence {
         mode,
         seed,
@@ -331,6 +342,7 @@ async fn campaign(mode: Mode, seed: u64, faults: usize) -> Result<(), String> {
         logs: logs.clone(),
         harness,
         final_problem,
+        committed_head,
     };
     let outcome = check::check(&ev);
     println!("{}", outcome.text);
