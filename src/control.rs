@@ -726,7 +726,17 @@ impl Controller {
         let l = &term.leadership;
         let health = self.s.health_now();
         self.s.metrics.healthy.set(i64::from(health.healthy));
-        let active = self.s.node.active().await.ok();
+        // A node the health check cannot reach is not asked again here: a hung node would hold
+        // every leader tick for a whole call timeout and delay the handover by as much.
+        let active = if health.reachable {
+            let limit = crate::health::poll_timeout(self.s.config.health.interval);
+            tokio::time::timeout(limit, self.s.node.active())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
         let view = self.observe(active).await;
         let plan = role::decide_leader(&LeaderInputs {
             me: self.me(),

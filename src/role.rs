@@ -148,7 +148,7 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             }
         }
     }
-    if i.mode == Mode::Conductor {
+    if i.mode == Mode::Conductor && i.health.reachable {
         if let (Some(committed), Some(local)) =
             (i.view.and_then(|v| v.head.as_ref()), &i.health.head)
         {
