@@ -1751,9 +1751,14 @@ async fn failover_bench(conductor: bool) {
             x.clean
         );
     }
-    let csv_path = dir.join("bench-failover-runs.csv");
+    let tag = if conductor {
+        "failover-conductor"
+    } else {
+        "failover"
+    };
+    let csv_path = dir.join(format!("bench-{tag}-runs.csv"));
     let _ = std::fs::write(&csv_path, csv);
-    let logs = b.keep_logs("failover");
+    let logs = b.keep_logs(tag);
     let mut mem = String::new();
     for sc in &mut b.sidecars {
         if sc.is_running() {
