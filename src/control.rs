@@ -56,6 +56,8 @@ pub struct Controller {
     warned_unhealthy_keep: bool,
     /// When the current leadership began sequencing; the health grace runs from here.
     leading_since: Option<Instant>,
+    /// Since when restarting our own node as leader has failed (cleared on success).
+    restart_failing_since: Option<Instant>,
 }
 
 impl Controller {
@@ -85,6 +87,7 @@ impl Controller {
             adoptable: false,
             warned_unhealthy_keep: false,
             leading_since: None,
+            restart_failing_since: None,
         }
     }
 
@@ -150,15 +153,15 @@ impl Controller {
                 Some(term) => {
                     // The step decides; stepping down runs outside the race, so the lease
                     // deadline can never cut a step-down short.
-                    let why = match term.run(self.lead_step(&term)).await {
-                        Ok(None) => None,
-                        Ok(Some(why)) => Some(why),
-                        Err(Lapsed) => Some(
+                    let end = match term.run(self.lead_step(&term)).await {
+                        Ok(end) => end,
+                        Err(Lapsed) => Some((
                             "lease deadline passed while waiting on etcd or the node".to_string(),
-                        ),
+                            Exit::Resign,
+                        )),
                     };
-                    if let Some(why) = why {
-                        self.step_down(&why, Exit::Resign).await;
+                    if let Some((why, exit)) = end {
+                        self.step_down(&why, exit).await;
                     }
                 }
                 None => {
@@ -378,6 +381,29 @@ impl Controller {
             s.leading = Some(l.clone());
             s.gate = false;
         });
+        if self.paused {
+            // Paused: lead without touching the sequencer (op-conductor's paused leader); the
+            // operator or a later resume starts it. The gate is up so that an operator's
+            // admin_startSequencer on our node passes op-node's leader check and its commits
+            // are accepted (fenced).
+            if let Ok(Ok(conductor)) = term.run(self.s.node.conductor_enabled()).await {
+                self.mode = if conductor {
+                    Mode::Conductor
+                } else {
+                    Mode::Driven
+                };
+                let mode = self.mode;
+                self.publish(|s| s.mode = mode);
+            }
+            tracing::info!(
+                epoch = l.epoch,
+                "leading while paused: the sequencer is left as it is"
+            );
+            self.publish(|s| s.gate = true);
+            self.set_role(Role::Leader);
+            self.leading_since = Some(Instant::now());
+            return Ok(());
+        }
         // The view the decision was made on may be old by now: re-read it within the lease.
         let view = term
             .run(cluster::read_view(&self.s.election))
@@ -428,11 +454,9 @@ impl Controller {
         let mode = self.mode;
         self.publish(|s| s.mode = mode);
         let (mut target, floor) = role::catch_up_target(view, self.me());
-        if self.mode == Mode::Driven {
-            if let Some(stopped) = self.stop_previous(l, view).await {
-                if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
-                    target = Some(stopped);
-                }
+        if let Some(stopped) = self.stop_previous(l, view).await {
+            if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
+                target = Some(stopped);
             }
         }
         if target.as_ref().is_some_and(|t| is_zero_hash(&t.hash)) {
@@ -641,19 +665,31 @@ impl Controller {
         }
     }
 
-    /// Driven mode: the previous leader's node may still be sequencing (its sidecar died or is
-    /// frozen). Stop it through its advertised admin URL before starting ours. Best effort;
-    /// every node is asked at once, so one dead node costs one timeout, not one each.
+    /// The previous leader's node may still be sequencing (its sidecar died or is frozen).
+    /// Stop it through its advertised admin URL before starting ours. Best effort; every node
+    /// is asked at once, so one dead node costs one timeout, not one each.
+    /// Sidecar-driven mode: every node that may be sequencing (S1 rests on it). Conductor mode:
+    /// the fence already keeps other nodes from publishing, except one whose op-node was told
+    /// `admin_overrideLeader` (it skips its conductor); only members reporting an active
+    /// sequencer are asked, with a short limit, so a hung old node does not slow the failover.
     async fn stop_previous(&self, l: &Leadership, view: &View) -> Option<BlockId> {
+        let conductor = self.mode == Mode::Conductor;
+        let limit = if conductor {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(2)
+        };
         let mut urls: Vec<String> = Vec::new();
-        if let Some(h) = &view.head {
-            if h.id != self.me() {
-                urls.extend(h.node.clone());
+        if !conductor {
+            if let Some(h) = &view.head {
+                if h.id != self.me() {
+                    urls.extend(h.node.clone());
+                }
             }
-        }
-        if let Some((id, Some(node))) = &self.last_leader {
-            if id != self.me() {
-                urls.push(node.clone());
+            if let Some((id, Some(node))) = &self.last_leader {
+                if id != self.me() {
+                    urls.push(node.clone());
+                }
             }
         }
         urls.extend(
@@ -666,12 +702,7 @@ impl Controller {
         urls.dedup();
         urls.retain(|u| u != &self.s.config.node_advertise);
         let stops = urls.into_iter().map(|url| async move {
-            let other = NodeClient::new(
-                self.s.http.clone(),
-                url.clone(),
-                url.clone(),
-                Duration::from_secs(2),
-            );
+            let other = NodeClient::new(self.s.http.clone(), url.clone(), url.clone(), limit);
             match other.stop().await {
                 Ok(StopOutcome::Stopped(hash)) => match other.sync_status().await {
                     Ok(st)
@@ -721,8 +752,8 @@ impl Controller {
 
     // === leader ===
 
-    /// One leader tick; runs inside the term. Returns why to step down, if it must.
-    async fn lead_step(&mut self, term: &Term) -> Option<String> {
+    /// One leader tick; runs inside the term. Returns why (and how) to step down, if it must.
+    async fn lead_step(&mut self, term: &Term) -> Option<(String, Exit)> {
         let l = &term.leadership;
         let health = self.s.health_now();
         self.s.metrics.healthy.set(i64::from(health.healthy));
@@ -753,7 +784,7 @@ impl Controller {
             timing: self.timing(),
         });
         match plan.verdict {
-            Verdict::StepDown(why) => return Some(why),
+            Verdict::StepDown(why) => return Some((why, Exit::Resign)),
             Verdict::HandOver { target, reason } => {
                 let t = TransferRecord {
                     target: target.clone(),
@@ -770,7 +801,7 @@ impl Controller {
                 )
                 .await
                 {
-                    Ok(true) => return Some(reason),
+                    Ok(true) => return Some((reason, Exit::Resign)),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "could not record the handover"),
                 }
@@ -783,12 +814,36 @@ impl Controller {
             }
             Verdict::Keep => self.warned_unhealthy_keep = false,
         }
-        if let Some(target) = plan.restart {
-            // The node restarted (it always comes back stopped) or someone stopped it by hand.
+        if let Some(mut target) = plan.restart {
+            // The node restarted (it always comes back stopped), someone stopped it by hand, or
+            // we were resumed after leading while paused. Another node may have been started
+            // by hand meanwhile (force-active-sequencer): stop it first, as in a handover.
             tracing::warn!("leading but the node is not sequencing; starting it again");
-            if let Err(why) = self.start_node(term, target.as_ref()).await {
-                tracing::warn!(reason = %why, "could not restart sequencing");
+            if let Some(v) = &view {
+                if let Some(stopped) = self.stop_previous(l, v).await {
+                    if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
+                        target = Some(stopped);
+                    }
+                }
             }
+            match self.start_node(term, target.as_ref()).await {
+                Ok(_) => self.restart_failing_since = None,
+                Err(why) => {
+                    tracing::warn!(reason = %why, "could not restart sequencing");
+                    // L2: a leader whose node cannot get back to the recorded head within the
+                    // catch-up bound gives way, as a candidate would.
+                    let since = *self.restart_failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.s.config.catchup_timeout {
+                        self.restart_failing_since = None;
+                        return Some((
+                            format!("could not restart sequencing: {why}"),
+                            Exit::GiveWay,
+                        ));
+                    }
+                }
+            }
+        } else {
+            self.restart_failing_since = None;
         }
         if let Some(head) = plan.record {
             self.record_head(l, &head).await;
@@ -861,6 +916,7 @@ impl Controller {
         self.publish(|s| s.leading = None);
         self.set_role(Role::Follower);
         self.leading_since = None;
+        self.restart_failing_since = None;
         self.s.committer.reset().await;
         self.recorded = None;
         if exit == Exit::GiveWay {

@@ -93,10 +93,9 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
         record: None,
         repair: None,
     };
-    if i.paused {
-        plan.verdict = Verdict::StepDown("paused".into());
-        return plan;
-    }
+    // Paused (op-conductor's semantics): no automatic action. The leader keeps its lease and
+    // keeps sequencing, fenced as always; only safety (a lost key or lease) and an operator's
+    // transfer still end the term.
     if let Some(v) = i.view {
         let ours = v
             .leader
@@ -113,7 +112,7 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
                 return plan;
             }
         }
-        if !i.health.healthy && !v.election_stopped {
+        if !i.health.healthy && !v.election_stopped && !i.paused {
             // The grace after taking over forgives a stale head only (right after a halt our
             // own head is as old as everyone's); a node that is down or refusing is handed
             // over at once.
@@ -133,6 +132,16 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
                 };
             }
         }
+    }
+    if i.paused {
+        plan.verdict = match plan.verdict {
+            Verdict::StepDown(why) => Verdict::StepDown(why),
+            _ => Verdict::Keep,
+        };
+        if i.mode == Mode::Driven && i.active == Some(true) {
+            plan.record = i.health.head.clone().filter(|h| i.recorded != Some(h));
+        }
+        return plan;
     }
     if i.active == Some(false) && i.health.reachable {
         let target = i
@@ -195,9 +204,9 @@ pub fn last_leader(v: &View) -> Option<&str> {
 
 pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     use FollowerAction::*;
-    if i.paused {
-        return Wait("paused");
-    }
+    // A paused follower still contends (as a paused op-conductor still takes part in raft
+    // elections): a paused cluster has a leader that operators and their tools can find. It
+    // takes no sequencer action until resumed.
     let v = i.view;
     if let Some(leader) = &v.leader {
         if i.lease.map(|l| l.id) == Some(leader.lease) {
@@ -459,6 +468,31 @@ mod tests {
         v.leader = None;
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, now));
         assert!(matches!(plan.verdict, Verdict::StepDown(ref r) if r.contains("gone")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_leader_keeps_leading_and_acts_on_nothing() {
+        let l = leadership();
+        let v = view_led_by_me(10);
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let h = unreachable();
+        let mut i = leader_inputs(&l, &h, Some(&v), Instant::now(), t0);
+        i.paused = true;
+        i.active = Some(false);
+        let plan = decide_leader(&i);
+        assert_eq!(
+            plan.verdict,
+            Verdict::Keep,
+            "no health handover while paused"
+        );
+        assert_eq!(plan.restart, None, "no restart while paused");
+        // Safety still applies: a lost key ends the term.
+        let mut lost = v.clone();
+        lost.leader = None;
+        let mut i = leader_inputs(&l, &h, Some(&lost), Instant::now(), t0);
+        i.paused = true;
+        assert!(matches!(decide_leader(&i).verdict, Verdict::StepDown(_)));
     }
 
     #[tokio::test(start_paused = true)]
