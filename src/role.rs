@@ -105,6 +105,17 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             plan.verdict = Verdict::StepDown("leader key is gone from etcd".into());
             return plan;
         }
+        if !v.may_lead(i.me) {
+            // Removed or demoted by an operator: hand over to a voter if one is ready.
+            plan.verdict = match best_candidate(v, i.me, i.health.head.as_ref()) {
+                Some(target) => Verdict::HandOver {
+                    reason: format!("no longer a voter; handing over to {target}"),
+                    target,
+                },
+                None => Verdict::StepDown("no longer a voter".into()),
+            };
+            return plan;
+        }
         if let Some(t) = v.pending_transfer() {
             if t.epoch == i.leadership.epoch && t.target != i.me {
                 plan.verdict =
@@ -213,6 +224,9 @@ pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
             return ReleaseStaleKey;
         }
         return Wait("a leader holds the key");
+    }
+    if !v.may_lead(i.me) {
+        return Wait("not a voter in the configured membership");
     }
     let Some(lease) = i.lease else {
         return Wait("no lease");
@@ -628,6 +642,46 @@ mod tests {
             decide_follower(&i_with(&unreachable(), &v, t0, now)),
             FollowerAction::Wait(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_voters_never_lead() {
+        use crate::state::{Membership, Server, NONVOTER, VOTER};
+        let h = healthy(10);
+        let t0 = Instant::now();
+        let mut v = leaderless("other");
+        v.election_stopped = false;
+        let server = |id: &str, suffrage| Server {
+            id: id.into(),
+            addr: String::new(),
+            suffrage,
+        };
+        v.membership = Some((
+            Membership {
+                servers: vec![server(ME, NONVOTER), server("b", VOTER)],
+                version: 3,
+            },
+            9,
+        ));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // Removed entirely: also never.
+        if let Some((m, _)) = v.membership.as_mut() {
+            m.servers.retain(|s| s.id != ME);
+        }
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // A leader that is demoted hands over to a ready voter.
+        let l = leadership();
+        let mut led = view_led_by_me(10);
+        led.membership = v.membership.clone();
+        let plan = decide_leader(&leader_inputs(&l, &h, Some(&led), Instant::now(), t0));
+        assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
     }
 
     #[test]

@@ -34,10 +34,8 @@ async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
     let old = f.wait_single_active(SETTLE).await;
     let winner = (old + 1) % 3;
     let other = (old + 2) % 3;
-    // Only `winner` may contend when the leader dies.
-    rpc(&f.sidecar(other).url(), "conductor_pause", json!([]))
-        .await
-        .unwrap();
+    // Only `winner` may contend when the leader dies: `other` is cut off from etcd meanwhile.
+    f.proxy(other).partition();
     let leader_dir = f.key("leader/");
     let etcd_url = f.etcd.client_url();
     let won = tokio::spawn({
@@ -62,9 +60,7 @@ async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
         &["optimism_syncStatus", "admin_startSequencer"],
     );
     let before = f.published_by(winner).len();
-    rpc(&f.sidecar(other).url(), "conductor_resume", json!([]))
-        .await
-        .unwrap();
+    f.proxy(other).heal();
 
     // `other` takes over once etcd expires winner's lease; winner must never start meanwhile.
     f.wait_single_active_where(FAILOVER, "the unpaused follower to lead", |i| i == other)
