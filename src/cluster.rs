@@ -194,7 +194,9 @@ pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), Elec
 /// A membership change that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    #[error("membership version is {current}, not {given}: it changed meanwhile; re-read it and retry")]
+    #[error(
+        "membership version is {current}, not {given}: it changed meanwhile; re-read it and retry"
+    )]
     Version { given: u64, current: u64 },
     #[error("membership changed concurrently; retry")]
     Raced,

@@ -123,7 +123,8 @@ pub struct Args {
         env = "OP_SIDECAR_HANDOVER_CATCHUP_TIMEOUT"
     )]
     pub catchup_timeout: Option<String>,
-    /// Start paused: never contend and never touch the node until resumed.
+    /// Start paused (op-conductor's `--paused`): take no automatic action until resumed. A
+    /// paused sidecar still takes part in the election, but never starts or stops its node.
     #[arg(long = "paused", env = "OP_SIDECAR_PAUSED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub paused: Option<String>,
     /// Log format: text or json [default: text].

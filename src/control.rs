@@ -52,7 +52,8 @@ pub struct Controller {
     /// The recorded head of the last view read, for decisions made while etcd is unreadable.
     known_target: Option<BlockId>,
     /// The last view showed no leader and an empty store: a running sequencer is adopted.
-    adoptable: bool,
+    /// None until a view was read.
+    adoptable: Option<bool>,
     warned_unhealthy_keep: bool,
     /// When the current leadership began sequencing; the health grace runs from here.
     leading_since: Option<Instant>,
@@ -84,7 +85,7 @@ impl Controller {
             last_member: None,
             recorded: None,
             known_target: None,
-            adoptable: false,
+            adoptable: None,
             warned_unhealthy_keep: false,
             leading_since: None,
             restart_failing_since: None,
@@ -242,7 +243,7 @@ impl Controller {
             if let Some(t) = v.recorded_head() {
                 self.known_target = Some(t);
             }
-            self.adoptable = v.leader.is_none() && v.store_empty();
+            self.adoptable = Some(v.leader.is_none() && v.store_empty());
         }
         let leader = view.as_ref().map(|v| {
             v.leader.as_ref().map(|l| LeaderRef {
@@ -267,21 +268,18 @@ impl Controller {
     async fn follow_step(&mut self) -> Option<Term> {
         let health = self.s.health_now();
         self.s.metrics.healthy.set(i64::from(health.healthy));
-        // Inspection (S4) first: it must not wait for etcd, which may be slow or gone.
+        // Inspection (S4) first: it must not wait for etcd, which may be slow or gone. Only the
+        // very first check waits for a view, which tells whether a running sequencer on an
+        // empty store is to be adopted.
         let active = self.s.node.active().await.ok();
-        if role::inspect(self.paused, active, self.adoptable) {
-            tracing::warn!(
-                "inspection: node is sequencing but this sidecar is not leader; stopping it"
-            );
-            match self.s.node.stop().await {
-                Ok(_) => self.s.metrics.action("inspection_stop", "ok"),
-                Err(e) => {
-                    self.s.metrics.action("inspection_stop", "error");
-                    tracing::error!(error = %e, "inspection could not stop the node");
-                }
-            }
+        let known = self.adoptable;
+        if let Some(adoptable) = known {
+            self.inspect(active, adoptable).await;
         }
         let view = self.observe(active).await;
+        if known.is_none() {
+            self.inspect(active, self.adoptable.unwrap_or(false)).await;
+        }
         let won = match &view {
             Some(v) => self.follow_view(&health, v, active).await,
             None => None,
@@ -290,6 +288,22 @@ impl Controller {
             self.publish_member(&health).await;
         }
         won
+    }
+
+    async fn inspect(&self, active: Option<bool>, adoptable: bool) {
+        if !role::inspect(self.paused, active, adoptable) {
+            return;
+        }
+        tracing::warn!(
+            "inspection: node is sequencing but this sidecar is not leader; stopping it"
+        );
+        match self.s.node.stop().await {
+            Ok(_) => self.s.metrics.action("inspection_stop", "ok"),
+            Err(e) => {
+                self.s.metrics.action("inspection_stop", "error");
+                tracing::error!(error = %e, "inspection could not stop the node");
+            }
+        }
     }
 
     async fn follow_view(
@@ -591,7 +605,7 @@ impl Controller {
                 }
             }
             if self.mode == Mode::Conductor {
-                self.record_start_head(l, &head).await?;
+                self.record_start_head(l, &head, target).await?;
             }
             // The start must reach op-node with enough of the lease left that it acts on it
             // before etcd can expire the lease (S1), whatever the node's latency.
@@ -631,13 +645,23 @@ impl Controller {
         Err("admin_startSequencer kept failing".into())
     }
 
-    /// Conductor mode: record `head` (verified to contain the committed head) as the committed
-    /// head of this epoch, in one fenced Txn; the committer re-reads it.
+    /// Conductor mode: record `head` (verified to contain the committed head `target`) as the
+    /// committed head of this epoch, in one fenced Txn; the committer re-reads it. Nothing to
+    /// do when the node starts exactly at the committed head, or on an empty store (the first
+    /// commit then needs no parent).
     async fn record_start_head(
         &self,
         l: &Leadership,
         head: &crate::sequencer::L2Ref,
+        target: Option<&BlockId>,
     ) -> Result<(), String> {
+        match target {
+            None => return Ok(()),
+            Some(t) if t.number == head.number && t.hash.eq_ignore_ascii_case(&head.hash) => {
+                return Ok(())
+            }
+            Some(_) => {}
+        }
         let rec = HeadRecord {
             number: head.number,
             hash: head.hash.clone(),

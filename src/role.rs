@@ -124,13 +124,13 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             }
         }
         if !i.health.healthy && !v.election_stopped && !i.paused {
-            // The grace after taking over forgives a stale head only (right after a halt our
-            // own head is as old as everyone's); a node that is down or refusing is handed
-            // over at once.
+            // The grace after taking over forgives a node still recovering, or stale (right
+            // after a halt our own head is as old as everyone's); a node that is down, hung or
+            // refusing connections is handed over at once.
             let settled = i
                 .leading_since
                 .is_some_and(|t| i.now.saturating_duration_since(t) >= i.timing.grace);
-            if settled || !i.health.only_stale() {
+            if settled || i.health.node_down() {
                 plan.verdict = match best_candidate(v, i.me, i.health.head.as_ref()) {
                     Some(target) => Verdict::HandOver {
                         reason: format!(
@@ -439,6 +439,16 @@ mod tests {
         let h = unreachable();
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));
         assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
+        // A node still recovering (its latest sample was fine, the filter not yet healthy) is
+        // forgiven too.
+        let h = Health {
+            healthy: false,
+            problems: vec![],
+            head: Some(block(10)),
+            reachable: true,
+        };
+        let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));
+        assert_eq!(plan.verdict, Verdict::Keep);
         // After the grace even a stale head is handed over.
         tokio::time::advance(Duration::from_secs(9)).await;
         let h = stale(10);
