@@ -45,6 +45,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(config.log_format);
+    for line in args.conductor_only.replaced() {
+        tracing::warn!("{line}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
