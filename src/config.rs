@@ -134,6 +134,10 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long = "log.format", env = "OP_SIDECAR_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Log level or tracing filter (`info`, `debug`, `info,op_sidecar=debug`); `RUST_LOG`, when
+    /// set, takes precedence [default: info].
+    #[arg(long = "log.level", env = "OP_SIDECAR_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// op-conductor flags with no meaning here (raft, its storage, its own proxy switches):
     /// accepted so a copied command line starts, each reported once with what replaces it.
     #[command(flatten)]
@@ -220,6 +224,7 @@ pub fn conductor_env_name(setting: &str) -> Option<&'static str> {
         "healthcheck.min-peer-count" => "OP_CONDUCTOR_HEALTHCHECK_MIN_PEER_COUNT",
         "paused" => "OP_CONDUCTOR_PAUSED",
         "log.format" => "OP_CONDUCTOR_LOG_FORMAT",
+        "log.level" => "OP_CONDUCTOR_LOG_LEVEL",
         _ => return None,
     })
 }
@@ -262,6 +267,7 @@ pub struct Config {
     pub catchup_timeout: Duration,
     pub paused: bool,
     pub log_format: LogFormat,
+    pub log_level: String,
 }
 
 /// A setting that could not be used; `Display` is the one line an operator sees.
@@ -383,6 +389,7 @@ const SETTINGS: &[&str] = &[
     "handover.catchup-timeout",
     "paused",
     "log.format",
+    "log.level",
 ];
 
 struct Resolver {
@@ -648,6 +655,13 @@ impl Config {
             }
         })?;
 
+        let log_level = r.get("log.level", &args.log_level, Some("info"), |s| {
+            let s = s.trim();
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_string())
+                .map_err(|e| format!("not a level or tracing filter: {e}"))
+        })?;
+
         if interval >= lease_ttl {
             return Err(ConfigError::Invalid {
                 setting: "healthcheck.interval",
@@ -686,6 +700,7 @@ impl Config {
             catchup_timeout,
             paused,
             log_format,
+            log_level,
         })
     }
 
@@ -716,6 +731,7 @@ impl Config {
             "handover.catchup-timeout": d(self.catchup_timeout),
             "paused": self.paused,
             "log.format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "log.level": self.log_level,
         })
     }
 }
