@@ -138,6 +138,7 @@ impl Controller {
         let mut health_rx = self.s.health.clone();
         let wake = self.wake.clone();
         loop {
+            self.s.control_beat.beat();
             // While holding the lease the loop also wakes at its deadline, idle or not.
             let deadline = self.term.as_ref().map(|t| t.deadline());
             tokio::select! {
@@ -509,6 +510,7 @@ impl Controller {
                 logged = true;
                 tracing::info!(number = t.number, hash = %t.hash, floor, "waiting for the node to reach the recorded head");
             }
+            self.s.control_beat.beat();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("shutting down".into()),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -531,6 +533,7 @@ impl Controller {
                     self.s.config.catchup_timeout
                 ));
             }
+            self.s.control_beat.beat();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("shutting down".into()),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -318,5 +318,25 @@ async fn rpc_port_extras_and_result_shapes() {
     let with_id = call(&url, "conductor_leaderWithID", json!([])).await;
     assert_eq!(with_id["id"], json!(Fixture::id(leader)));
     assert_eq!(with_id["suffrage"], json!(0));
+    // Admin listener: Patroni-style /leader, and /healthz backed by the heartbeat watchdog.
+    let admin = |i: usize| f.sidecars[i].admin_url();
+    assert_eq!(
+        common::rpc::get(&format!("{}/leader", admin(leader)))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        common::rpc::get(&format!("{}/leader", admin(follower)))
+            .await
+            .0,
+        503
+    );
+    assert_eq!(
+        common::rpc::get(&format!("{}/healthz", admin(follower)))
+            .await
+            .0,
+        200
+    );
     f.assert_invariants();
 }
