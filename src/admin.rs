@@ -54,7 +54,31 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 
 fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        // Alive = the control loop and the lease task are making progress (a watchdog on their
+        // heartbeats), not merely "the process answers HTTP".
+        "/healthz" => {
+            match crate::status::liveness(s.control_beat.age(), s.lease_beat.age(), &s.config) {
+                Ok(()) => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+                Err(why) => {
+                    tracing::error!(reason = %why, "liveness check failed");
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{why}\n"),
+                        "text/plain",
+                    )
+                }
+            }
+        }
+        // Patroni's /leader: 200 only on the sidecar leading with a locally valid lease, for
+        // load balancers and the batcher.
+        "/leader" => match s.leader_now() {
+            Some(_) => text(StatusCode::OK, "leader\n".into(), "text/plain"),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not leader\n".into(),
+                "text/plain",
+            ),
+        },
         "/readyz" => {
             // Copies, not guards: see `Shared::leader_now`.
             let st = s.status_now();

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::rpc::client::HttpClient;
 use crate::sequencer::NodeClient;
 use crate::state::Keys;
-use crate::status::{Shared, Status};
+use crate::status::{Heartbeat, Shared, Status};
 
 /// Binds the configured listeners and runs until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -99,11 +99,14 @@ pub async fn run_with_listeners(
         health_tx,
         background.clone(),
     ));
+    let control_beat = Arc::new(Heartbeat::default());
+    let lease_beat = Arc::new(Heartbeat::default());
     tasks.spawn(election::run_lease(
         pool.clone(),
         config.lease_ttl,
         config.etcd_timeout,
         lease_tx,
+        lease_beat.clone(),
         background.clone(),
     ));
     tasks.spawn(watch_changes(
@@ -124,6 +127,8 @@ pub async fn run_with_listeners(
         metrics: metrics.clone(),
         committer: Committer::new(),
         leader_override: AtomicBool::new(false),
+        control_beat,
+        lease_beat,
     });
     let rpc_task = tokio::spawn(crate::rpc::server::serve(
         rpc,

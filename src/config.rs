@@ -48,8 +48,12 @@ pub struct Args {
     /// TOML config file; keys are the flag names (`server.id = "a"` or `[server]` / `id = "a"`).
     #[arg(long = "config", env = "OP_SIDECAR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Unique name of this sequencer in the cluster.
-    #[arg(long = "server.id", env = "OP_SIDECAR_SERVER_ID")]
+    /// Unique name of this sequencer in the cluster (op-conductor: `--raft.server.id`).
+    #[arg(
+        long = "server.id",
+        alias = "raft.server.id",
+        env = "OP_SIDECAR_SERVER_ID"
+    )]
     pub server_id: Option<String>,
     /// Local op-node RPC URL (admin_*, optimism_*, opp2p_*).
     #[arg(long = "node.rpc", env = "OP_SIDECAR_NODE_RPC")]
@@ -123,12 +127,106 @@ pub struct Args {
         env = "OP_SIDECAR_HANDOVER_CATCHUP_TIMEOUT"
     )]
     pub catchup_timeout: Option<String>,
-    /// Start paused: never contend and never touch the node until resumed.
+    /// Start paused (op-conductor's `--paused`): take no automatic action until resumed. A
+    /// paused sidecar still takes part in the election, but never starts or stops its node.
     #[arg(long = "paused", env = "OP_SIDECAR_PAUSED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub paused: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long = "log.format", env = "OP_SIDECAR_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Log level or tracing filter (`info`, `debug`, `info,op_sidecar=debug`); `RUST_LOG`, when
+    /// set, takes precedence [default: info].
+    #[arg(long = "log.level", env = "OP_SIDECAR_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// op-conductor flags with no meaning here (raft, its storage, its own proxy switches):
+    /// accepted so a copied command line starts, each reported once with what replaces it.
+    #[command(flatten)]
+    pub conductor_only: ConductorOnly,
+}
+
+/// op-conductor's flags that op-sidecar does not need; see [`ConductorOnly::replaced`].
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConductorOnly {
+    #[arg(long = "raft.bootstrap", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    raft_bootstrap: Option<String>,
+    #[arg(long = "raft.storage.dir", hide = true)]
+    raft_storage_dir: Option<String>,
+    #[arg(long = "raft.snapshot-interval", hide = true)]
+    raft_snapshot_interval: Option<String>,
+    #[arg(long = "raft.snapshot-threshold", hide = true)]
+    raft_snapshot_threshold: Option<String>,
+    #[arg(long = "raft.trailing-logs", hide = true)]
+    raft_trailing_logs: Option<String>,
+    #[arg(long = "raft.heartbeat-timeout", hide = true)]
+    raft_heartbeat_timeout: Option<String>,
+    #[arg(long = "raft.lease-timeout", hide = true)]
+    raft_lease_timeout: Option<String>,
+    #[arg(long = "consensus.addr", hide = true)]
+    consensus_addr: Option<String>,
+    #[arg(long = "consensus.port", hide = true)]
+    consensus_port: Option<String>,
+    #[arg(long = "consensus.advertised", hide = true)]
+    consensus_advertised: Option<String>,
+    #[arg(long = "healthcheck.safe-enabled", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    healthcheck_safe_enabled: Option<String>,
+    #[arg(long = "healthcheck.safe-interval", hide = true)]
+    healthcheck_safe_interval: Option<String>,
+    #[arg(long = "rpc.enable-admin", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    rpc_enable_admin: Option<String>,
+    #[arg(long = "rpc.enable-proxy", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    rpc_enable_proxy: Option<String>,
+}
+
+impl ConductorOnly {
+    /// One line per op-conductor-only flag given: what it was and what replaces it.
+    pub fn replaced(&self) -> Vec<String> {
+        let state =
+            "op-sidecar keeps the cluster state in etcd: use --etcd.endpoints and --etcd.prefix";
+        let raft_time = "leadership rests on an etcd lease: use --lease.ttl";
+        let table: [(&str, &Option<String>, &str); 14] = [
+            ("raft.bootstrap", &self.raft_bootstrap, "no bootstrap node is needed: the first sidecar on an empty store leads, and the membership is created by the first conductor_addServer* call (see README, Membership)"),
+            ("raft.storage.dir", &self.raft_storage_dir, state),
+            ("raft.snapshot-interval", &self.raft_snapshot_interval, state),
+            ("raft.snapshot-threshold", &self.raft_snapshot_threshold, state),
+            ("raft.trailing-logs", &self.raft_trailing_logs, state),
+            ("raft.heartbeat-timeout", &self.raft_heartbeat_timeout, raft_time),
+            ("raft.lease-timeout", &self.raft_lease_timeout, raft_time),
+            ("consensus.addr", &self.consensus_addr, state),
+            ("consensus.port", &self.consensus_port, state),
+            ("consensus.advertised", &self.consensus_advertised, "other sidecars find this one through --rpc.advertise"),
+            ("healthcheck.safe-enabled", &self.healthcheck_safe_enabled, "the safe-head lag check is not implemented; unsafe-head age and peers are checked"),
+            ("healthcheck.safe-interval", &self.healthcheck_safe_interval, "the safe-head lag check is not implemented; unsafe-head age and peers are checked"),
+            ("rpc.enable-admin", &self.rpc_enable_admin, "the admin methods (pause, resume, override, transfer, membership) are always served"),
+            ("rpc.enable-proxy", &self.rpc_enable_proxy, "the read proxy for op-batcher and op-proposer is always on"),
+        ];
+        table
+            .iter()
+            .filter(|(_, v, _)| v.is_some())
+            .map(|(flag, _, instead)| {
+                format!("--{flag} is an op-conductor setting with no effect here: {instead}")
+            })
+            .collect()
+    }
+}
+
+/// The op-conductor environment variable meaning the same as `setting`, if there is one; read
+/// when neither the flag nor its `OP_SIDECAR_*` variable is set, so an op-conductor deployment's
+/// environment can be reused.
+pub fn conductor_env_name(setting: &str) -> Option<&'static str> {
+    Some(match setting {
+        "server.id" => "OP_CONDUCTOR_RAFT_SERVER_ID",
+        "node.rpc" => "OP_CONDUCTOR_NODE_RPC",
+        "execution.rpc" => "OP_CONDUCTOR_EXECUTION_RPC",
+        "rpc.addr" => "OP_CONDUCTOR_RPC_ADDR",
+        "rpc.port" => "OP_CONDUCTOR_RPC_PORT",
+        "healthcheck.interval" => "OP_CONDUCTOR_HEALTHCHECK_INTERVAL",
+        "healthcheck.unsafe-interval" => "OP_CONDUCTOR_HEALTHCHECK_UNSAFE_INTERVAL",
+        "healthcheck.min-peer-count" => "OP_CONDUCTOR_HEALTHCHECK_MIN_PEER_COUNT",
+        "paused" => "OP_CONDUCTOR_PAUSED",
+        "log.format" => "OP_CONDUCTOR_LOG_FORMAT",
+        "log.level" => "OP_CONDUCTOR_LOG_LEVEL",
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +267,7 @@ pub struct Config {
     pub catchup_timeout: Duration,
     pub paused: bool,
     pub log_format: LogFormat,
+    pub log_level: String,
 }
 
 /// A setting that could not be used; `Display` is the one line an operator sees.
@@ -290,6 +389,7 @@ const SETTINGS: &[&str] = &[
     "handover.catchup-timeout",
     "paused",
     "log.format",
+    "log.level",
 ];
 
 struct Resolver {
@@ -300,6 +400,9 @@ impl Resolver {
     fn raw(&self, setting: &'static str, cli: &Option<String>) -> Option<(String, Origin)> {
         if let Some(v) = cli {
             return Some((v.clone(), Origin::FlagOrEnv));
+        }
+        if let Some(v) = conductor_env_name(setting).and_then(|n| std::env::var(n).ok()) {
+            return Some((v, Origin::FlagOrEnv));
         }
         self.file
             .get(setting)
@@ -552,6 +655,13 @@ impl Config {
             }
         })?;
 
+        let log_level = r.get("log.level", &args.log_level, Some("info"), |s| {
+            let s = s.trim();
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_string())
+                .map_err(|e| format!("not a level or tracing filter: {e}"))
+        })?;
+
         if interval >= lease_ttl {
             return Err(ConfigError::Invalid {
                 setting: "healthcheck.interval",
@@ -590,6 +700,7 @@ impl Config {
             catchup_timeout,
             paused,
             log_format,
+            log_level,
         })
     }
 
@@ -620,6 +731,7 @@ impl Config {
             "handover.catchup-timeout": d(self.catchup_timeout),
             "paused": self.paused,
             "log.format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "log.level": self.log_level,
         })
     }
 }

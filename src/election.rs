@@ -250,12 +250,14 @@ pub async fn run_lease(
     ttl: Duration,
     limit: Duration,
     tx: watch::Sender<Option<LeaseState>>,
+    beat: Arc<crate::status::Heartbeat>,
     cancel: CancellationToken,
 ) {
     let ttl_secs = ttl.as_secs() as i64;
     let mut backoff = Duration::from_millis(100);
     let mut failed_grants = 0u32;
     'grant: loop {
+        beat.beat();
         if cancel.is_cancelled() {
             return;
         }
@@ -299,6 +301,7 @@ pub async fn run_lease(
         let mut tick = tokio::time::interval(keepalive_interval(ttl));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            beat.beat();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,

@@ -159,6 +159,14 @@ impl Health {
                 .all(|p| matches!(p, Problem::Stale { .. }))
     }
 
+    /// The latest sample could not reach op-node or op-geth at all: the node is down, hung or
+    /// refusing connections (not merely stale or short of peers).
+    pub fn node_down(&self) -> bool {
+        self.problems
+            .iter()
+            .any(|p| matches!(p, Problem::NodeUnreachable(_) | Problem::ExecUnreachable(_)))
+    }
+
     pub fn summary(&self) -> String {
         if self.problems.is_empty() {
             "ok".into()

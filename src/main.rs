@@ -44,7 +44,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(config.log_format);
+    init_tracing(config.log_format, &config.log_level);
+    for line in args.conductor_only.replaced() {
+        tracing::warn!("{line}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,19 +69,24 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(config = %config.to_json(), "configuration");
+    tracing::info!(version = op_sidecar::status::VERSION, config = %config.to_json(), "configuration");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP would kill the process without resigning; it is a graceful stop instead (a
+    // supervisor restarts it with the new configuration: there is no in-place reload).
+    let mut hup = signal(SignalKind::hangup())?;
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = hup.recv() => tracing::info!("SIGHUP received: stopping gracefully; restart to apply a new configuration"),
         }
         // A second signal during the graceful shutdown exits at once.
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = hup.recv() => {}
             }
             eprintln!("second signal: exiting immediately");
             std::process::exit(130);
@@ -87,11 +95,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     op_sidecar::app::run(config, shutdown).await
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour codes only for a person at a terminal, never into journald or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -93,10 +93,9 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
         record: None,
         repair: None,
     };
-    if i.paused {
-        plan.verdict = Verdict::StepDown("paused".into());
-        return plan;
-    }
+    // Paused (op-conductor's semantics): no automatic action. The leader keeps its lease and
+    // keeps sequencing, fenced as always; only safety (a lost key or lease) and an operator's
+    // transfer still end the term.
     if let Some(v) = i.view {
         let ours = v
             .leader
@@ -106,6 +105,17 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             plan.verdict = Verdict::StepDown("leader key is gone from etcd".into());
             return plan;
         }
+        if !v.may_lead(i.me) {
+            // Removed or demoted by an operator: hand over to a voter if one is ready.
+            plan.verdict = match best_candidate(v, i.me, i.health.head.as_ref()) {
+                Some(target) => Verdict::HandOver {
+                    reason: format!("no longer a voter; handing over to {target}"),
+                    target,
+                },
+                None => Verdict::StepDown("no longer a voter".into()),
+            };
+            return plan;
+        }
         if let Some(t) = v.pending_transfer() {
             if t.epoch == i.leadership.epoch && t.target != i.me {
                 plan.verdict =
@@ -113,14 +123,14 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
                 return plan;
             }
         }
-        if !i.health.healthy && !v.election_stopped {
-            // The grace after taking over forgives a stale head only (right after a halt our
-            // own head is as old as everyone's); a node that is down or refusing is handed
-            // over at once.
+        if !i.health.healthy && !v.election_stopped && !i.paused {
+            // The grace after taking over forgives a node still recovering, or stale (right
+            // after a halt our own head is as old as everyone's); a node that is down, hung or
+            // refusing connections is handed over at once.
             let settled = i
                 .leading_since
                 .is_some_and(|t| i.now.saturating_duration_since(t) >= i.timing.grace);
-            if settled || !i.health.only_stale() {
+            if settled || i.health.node_down() {
                 plan.verdict = match best_candidate(v, i.me, i.health.head.as_ref()) {
                     Some(target) => Verdict::HandOver {
                         reason: format!(
@@ -133,6 +143,16 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
                 };
             }
         }
+    }
+    if i.paused {
+        plan.verdict = match plan.verdict {
+            Verdict::StepDown(why) => Verdict::StepDown(why),
+            _ => Verdict::Keep,
+        };
+        if i.mode == Mode::Driven && i.active == Some(true) {
+            plan.record = i.health.head.clone().filter(|h| i.recorded != Some(h));
+        }
+        return plan;
     }
     if i.active == Some(false) && i.health.reachable {
         let target = i
@@ -148,7 +168,7 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             }
         }
     }
-    if i.mode == Mode::Conductor {
+    if i.mode == Mode::Conductor && i.health.reachable {
         if let (Some(committed), Some(local)) =
             (i.view.and_then(|v| v.head.as_ref()), &i.health.head)
         {
@@ -195,15 +215,18 @@ pub fn last_leader(v: &View) -> Option<&str> {
 
 pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     use FollowerAction::*;
-    if i.paused {
-        return Wait("paused");
-    }
+    // A paused follower still contends (as a paused op-conductor still takes part in raft
+    // elections): a paused cluster has a leader that operators and their tools can find. It
+    // takes no sequencer action until resumed.
     let v = i.view;
     if let Some(leader) = &v.leader {
         if i.lease.map(|l| l.id) == Some(leader.lease) {
             return ReleaseStaleKey;
         }
         return Wait("a leader holds the key");
+    }
+    if !v.may_lead(i.me) {
+        return Wait("not a voter in the configured membership");
     }
     let Some(lease) = i.lease else {
         return Wait("no lease");
@@ -416,6 +439,16 @@ mod tests {
         let h = unreachable();
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));
         assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
+        // A node still recovering (its latest sample was fine, the filter not yet healthy) is
+        // forgiven too.
+        let h = Health {
+            healthy: false,
+            problems: vec![],
+            head: Some(block(10)),
+            reachable: true,
+        };
+        let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));
+        assert_eq!(plan.verdict, Verdict::Keep);
         // After the grace even a stale head is handed over.
         tokio::time::advance(Duration::from_secs(9)).await;
         let h = stale(10);
@@ -459,6 +492,31 @@ mod tests {
         v.leader = None;
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, now));
         assert!(matches!(plan.verdict, Verdict::StepDown(ref r) if r.contains("gone")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_leader_keeps_leading_and_acts_on_nothing() {
+        let l = leadership();
+        let v = view_led_by_me(10);
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let h = unreachable();
+        let mut i = leader_inputs(&l, &h, Some(&v), Instant::now(), t0);
+        i.paused = true;
+        i.active = Some(false);
+        let plan = decide_leader(&i);
+        assert_eq!(
+            plan.verdict,
+            Verdict::Keep,
+            "no health handover while paused"
+        );
+        assert_eq!(plan.restart, None, "no restart while paused");
+        // Safety still applies: a lost key ends the term.
+        let mut lost = v.clone();
+        lost.leader = None;
+        let mut i = leader_inputs(&l, &h, Some(&lost), Instant::now(), t0);
+        i.paused = true;
+        assert!(matches!(decide_leader(&i).verdict, Verdict::StepDown(_)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -594,6 +652,46 @@ mod tests {
             decide_follower(&i_with(&unreachable(), &v, t0, now)),
             FollowerAction::Wait(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_voters_never_lead() {
+        use crate::state::{Membership, Server, NONVOTER, VOTER};
+        let h = healthy(10);
+        let t0 = Instant::now();
+        let mut v = leaderless("other");
+        v.election_stopped = false;
+        let server = |id: &str, suffrage| Server {
+            id: id.into(),
+            addr: String::new(),
+            suffrage,
+        };
+        v.membership = Some((
+            Membership {
+                servers: vec![server(ME, NONVOTER), server("b", VOTER)],
+                version: 3,
+            },
+            9,
+        ));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // Removed entirely: also never.
+        if let Some((m, _)) = v.membership.as_mut() {
+            m.servers.retain(|s| s.id != ME);
+        }
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // A leader that is demoted hands over to a ready voter.
+        let l = leadership();
+        let mut led = view_led_by_me(10);
+        led.membership = v.membership.clone();
+        let plan = decide_leader(&leader_inputs(&l, &h, Some(&led), Instant::now(), t0));
+        assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The state the control loop publishes and what request handlers share: the status snapshot, operator commands and the handles RPC and admin may use. Owns no task and makes no call.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -96,6 +97,60 @@ pub struct Shared {
     /// `conductor_overrideLeader`: an operator's escape hatch when etcd is lost for good; makes
     /// `conductor_leader` say yes and lets commits through unfenced. Off unless set.
     pub leader_override: AtomicBool,
+    /// Beats of the control loop and of the lease keepalive task, for /healthz's watchdog.
+    pub control_beat: Arc<Heartbeat>,
+    pub lease_beat: Arc<Heartbeat>,
+}
+
+/// When a background task last showed it was making progress.
+#[derive(Debug)]
+pub struct Heartbeat {
+    started: std::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            started: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (since creation before the first).
+    pub fn age(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// /healthz's verdict: Err names the task that has not beaten within its bound. The bounds
+/// cover the longest wait each task makes by design (a handover's catch-up, a lease grant's
+/// retries), so only a task that is really stuck fails it.
+pub fn liveness(control_age: Duration, lease_age: Duration, config: &Config) -> Result<(), String> {
+    let control_bound = config.catchup_timeout
+        + config.lease_ttl * 3
+        + config.etcd_timeout * 2
+        + Duration::from_secs(5);
+    let lease_bound = config.etcd_timeout * 3 + config.lease_ttl * 2 + Duration::from_secs(5);
+    if control_age > control_bound {
+        return Err(format!(
+            "control loop stuck: no progress for {control_age:?} (bound {control_bound:?})"
+        ));
+    }
+    if lease_age > lease_bound {
+        return Err(format!(
+            "lease task stuck: no progress for {lease_age:?} (bound {lease_bound:?})"
+        ));
+    }
+    Ok(())
 }
 
 impl Shared {
@@ -122,5 +177,40 @@ impl Shared {
     /// A copy of the current health verdict; the watch guard is released before this returns.
     pub fn health_now(&self) -> Health {
         self.health.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_fails_only_past_the_bounds() {
+        let args = crate::config::Args {
+            server_id: Some("a".into()),
+            node_rpc: Some("http://127.0.0.1:1".into()),
+            execution_rpc: Some("http://127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let config = Config::from_args(&args).expect("config");
+        let ok = Duration::from_secs(1);
+        assert!(liveness(ok, ok, &config).is_ok());
+        // A handover's full catch-up wait is not "stuck"...
+        assert!(liveness(config.catchup_timeout + config.lease_ttl, ok, &config).is_ok());
+        // ...a loop silent for a minute is.
+        let stuck = Duration::from_secs(60);
+        let e = liveness(stuck, ok, &config).expect_err("stuck control loop");
+        assert!(e.contains("control loop"), "{e}");
+        let e = liveness(ok, stuck, &config).expect_err("stuck lease task");
+        assert!(e.contains("lease task"), "{e}");
+    }
+
+    #[test]
+    fn heartbeat_age_restarts_at_each_beat() {
+        let h = Heartbeat::default();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(h.age() >= Duration::from_millis(20));
+        h.beat();
+        assert!(h.age() < Duration::from_millis(20));
     }
 }

@@ -16,6 +16,7 @@ use super::error::RpcError;
 use super::proxy::{self, Upstream};
 use super::types::{raw_empty_params, raw_null, to_raw};
 use crate::cluster;
+use crate::state::{Server, NONVOTER, VOTER};
 use crate::status::{Command, Shared, VERSION};
 use crate::transfer::{self, TransferError};
 
@@ -55,6 +56,9 @@ const KNOWN: &[&str] = &[
     "conductor_addServerAsVoter",
     "conductor_addServerAsNonvoter",
     "conductor_removeServer",
+    "conductor_demoteVoter",
+    "health_status",
+    "rpc_modules",
     "miner_setMaxDASize",
 ];
 
@@ -153,6 +157,18 @@ pub async fn call(
                 .stopped
                 .map(|st| st.hash))
         }
+        // op-service's RPC server registers these on every OP Stack service's RPC port.
+        "health_status" => {
+            let () = no_params(p)?;
+            ok(VERSION)
+        }
+        "rpc_modules" => {
+            let () = no_params(p)?;
+            ok(json!({
+                "admin": "1.0", "conductor": "1.0", "coordinator": "1.0", "eth": "1.0",
+                "health": "1.0", "miner": "1.0", "optimism": "1.0", "rpc": "1.0",
+            }))
+        }
         "coordinator_version" => {
             let () = no_params(p)?;
             ok(VERSION)
@@ -199,11 +215,24 @@ pub async fn call(
         }
         "conductor_transferLeader" => {
             let () = no_params(p)?;
+            if s.leader_now().is_none() {
+                // op-conductor swallows raft's not-leader error: on a follower this is a no-op.
+                tracing::info!("conductor_transferLeader on a follower: nothing to do");
+                return Ok(raw_null());
+            }
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
-            let me = view.leader.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+            let me = view
+                .leader
+                .as_ref()
+                .map(|l| l.id.clone())
+                .unwrap_or_default();
             let head = view.leader_member().and_then(|m| m.head.clone());
-            let target = crate::cluster::best_candidate(&view, &me, head.as_ref())
-                .ok_or_else(|| RpcError::Server("no healthy, caught-up server to transfer leadership to".into()))?;
+            let target =
+                crate::cluster::best_candidate(&view, &me, head.as_ref()).ok_or_else(|| {
+                    RpcError::Server(
+                        "no healthy, caught-up server to transfer leadership to".into(),
+                    )
+                })?;
             transfer::transfer_to(s, &target).await?;
             Ok(raw_null())
         }
@@ -221,17 +250,90 @@ pub async fn call(
         "conductor_clusterMembership" => {
             let () = no_params(p)?;
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
-            let servers: Vec<_> = view.members.values().map(|m| json!({"id": m.id, "addr": m.rpc, "suffrage": 0})).collect();
-            ok(json!({"servers": servers, "version": view.revision}))
+            ok(cluster::effective_membership(&view))
         }
-        "conductor_addServerAsVoter" | "conductor_addServerAsNonvoter" | "conductor_removeServer" => Err(RpcError::Server(format!(
-            "{method} is a raft operation: op-sidecar has no raft membership. Membership is the set of live sidecars registered in etcd; start or stop a sidecar to change it"
-        ))),
+        "conductor_addServerAsVoter" | "conductor_addServerAsNonvoter" => {
+            let (id, addr, version) = server_params(p)?;
+            let suffrage = if method == "conductor_addServerAsVoter" {
+                VOTER
+            } else {
+                NONVOTER
+            };
+            let m = cluster::update_membership(&s.election, version, |servers| {
+                match servers.iter_mut().find(|x| x.id == id) {
+                    // Raft: adding an existing voter as a voter is a no-op; adding a voter as a
+                    // non-voter leaves it a voter (demote with conductor_demoteVoter).
+                    Some(x) => {
+                        let promote = suffrage == VOTER && x.suffrage != VOTER;
+                        let moved = !addr.is_empty() && x.addr != addr;
+                        if promote {
+                            x.suffrage = VOTER;
+                        }
+                        if moved {
+                            x.addr = addr.clone();
+                        }
+                        promote || moved
+                    }
+                    None => {
+                        servers.push(Server {
+                            id: id.clone(),
+                            addr: addr.clone(),
+                            suffrage,
+                        });
+                        true
+                    }
+                }
+            })
+            .await
+            .map_err(membership_error)?;
+            tracing::info!(
+                id,
+                addr,
+                suffrage,
+                version = m.version,
+                "membership: server added"
+            );
+            Ok(raw_null())
+        }
+        "conductor_removeServer" | "conductor_demoteVoter" => {
+            let (id, version): (String, u64) = params(p)?;
+            let demote = method == "conductor_demoteVoter";
+            let m = cluster::update_membership(&s.election, version, |servers| {
+                if demote {
+                    match servers
+                        .iter_mut()
+                        .find(|x| x.id == id && x.suffrage == VOTER)
+                    {
+                        Some(x) => {
+                            x.suffrage = NONVOTER;
+                            true
+                        }
+                        None => false,
+                    }
+                } else {
+                    let before = servers.len();
+                    servers.retain(|x| x.id != id);
+                    servers.len() != before
+                }
+            })
+            .await
+            .map_err(membership_error)?;
+            tracing::info!(
+                id,
+                demote,
+                version = m.version,
+                "membership: server removed or demoted"
+            );
+            Ok(raw_null())
+        }
         "miner_setMaxDASize" => set_max_da_size(s, p, forwarded).await,
         "conductor_leaderWithID" => {
             let () = no_params(p)?;
             let leader = s.election.leader().await.map_err(etcd)?;
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
+            if s.leader_override.load(Ordering::SeqCst) {
+                return ok(json!({"id": "N/A (Leader overridden)", "addr": "N/A", "suffrage": 0}));
+            }
             match leader {
                 Some(l) => {
                     let addr = view
@@ -239,9 +341,15 @@ pub async fn call(
                         .get(&l.id)
                         .map(|m| m.rpc.clone())
                         .unwrap_or_default();
-                    ok(json!({"id": l.id, "addr": addr, "suffrage": 0}))
+                    let suffrage = view
+                        .membership
+                        .as_ref()
+                        .and_then(|(m, _)| m.get(&l.id).map(|x| x.suffrage))
+                        .unwrap_or(VOTER);
+                    ok(json!({"id": l.id, "addr": addr, "suffrage": suffrage}))
                 }
-                None => Err(RpcError::Server("no leader".into())),
+                // op-conductor answers an empty server, not an error.
+                None => ok(json!({"id": "", "addr": "", "suffrage": 0})),
             }
         }
         "conductor_active" => {
@@ -261,8 +369,12 @@ pub async fn call(
         "conductor_stop" => {
             let () = no_params(p)?;
             let (tx, rx) = oneshot::channel();
-            s.commands.send(Command::Stop(tx)).await.map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
-            rx.await.map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
+            s.commands
+                .send(Command::Stop(tx))
+                .await
+                .map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
+            rx.await
+                .map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
             Ok(raw_null())
         }
         "conductor_sequencerHealthy" => {
@@ -275,6 +387,34 @@ pub async fn call(
             Ok(raw_null())
         }
         _ => Err(RpcError::MethodNotFound(method.to_string())),
+    }
+}
+
+/// `(id, addr, version)` of the add-server calls; op-conductor-ops sends all three.
+fn server_params(p: Option<&RawValue>) -> Result<(String, String, u64), RpcError> {
+    let v: Vec<serde_json::Value> = params(p)?;
+    let id = v
+        .first()
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| RpcError::InvalidParams("argument 0 must be a server id".into()))?;
+    let addr = v
+        .get(1)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let version = match v.get(2) {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| RpcError::InvalidParams("argument 2 must be a version number".into()))?,
+    };
+    Ok((id.to_string(), addr.to_string(), version))
+}
+
+fn membership_error(e: cluster::MembershipError) -> RpcError {
+    match e {
+        cluster::MembershipError::Etcd(e) => etcd(e),
+        other => RpcError::Server(other.to_string()),
     }
 }
 

@@ -109,6 +109,23 @@ fn split_url(url: &str) -> Result<(String, String), String> {
 
 /// POSTs `body` to `url`; `Err` only when no HTTP answer came back within `timeout`.
 pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, Bytes), String> {
+    request(hyper::Method::POST, url, body, timeout).await
+}
+
+/// GETs `url`: (status, body as text); panics when no answer came back.
+pub async fn get(url: &str) -> (u16, String) {
+    match request(hyper::Method::GET, url, Vec::new(), DEFAULT_TIMEOUT).await {
+        Ok((status, bytes)) => (status, String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+async fn request(
+    method: hyper::Method,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(u16, Bytes), String> {
     let (authority, path) = split_url(url)?;
     let call = async {
         let stream = TcpStream::connect(&authority)
@@ -119,7 +136,9 @@ pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, B
             .await
             .map_err(|e| format!("handshake {authority}: {e}"))?;
         let conn = tokio::spawn(conn);
-        let req = hyper::Request::post(path)
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, authority.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
