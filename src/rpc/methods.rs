@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use super::client::CallError;
+use super::client::{AnswerGate, CallError};
 use super::server::FORWARDED;
 use crate::commit::CommitError;
 
@@ -104,11 +104,19 @@ impl From<TransferError> for RpcError {
     }
 }
 
+/// What a call needs to know about the request it came in.
+pub struct CallCtx<'a> {
+    /// Sent by another sidecar: never forwarded again.
+    pub forwarded: bool,
+    /// Admits the bytes of proxied answers (the request's share of the server's byte budget).
+    pub gate: &'a dyn AnswerGate,
+}
+
 pub async fn call(
     s: &Shared,
     method: &str,
     p: Option<&RawValue>,
-    forwarded: bool,
+    ctx: &CallCtx<'_>,
 ) -> Result<Box<RawValue>, RpcError> {
     match method {
         // === coordinator_* (the op-coordinator seed design) ===
@@ -168,10 +176,10 @@ pub async fn call(
         | "optimism_rollupConfig"
         | "optimism_version"
         | "admin_sequencerActive" => {
-            proxy::forward(s, Upstream::OpNode, method, &raw_params(p), forwarded).await
+            proxy::forward(s, Upstream::OpNode, method, &raw_params(p), ctx).await
         }
         "eth_getBlockByNumber" => {
-            proxy::forward(s, Upstream::OpGeth, method, &raw_params(p), forwarded).await
+            proxy::forward(s, Upstream::OpGeth, method, &raw_params(p), ctx).await
         }
 
         // === conductor_* (op-conductor's API) ===
@@ -227,7 +235,7 @@ pub async fn call(
         "conductor_addServerAsVoter" | "conductor_addServerAsNonvoter" | "conductor_removeServer" => Err(RpcError::Server(format!(
             "{method} is a raft operation: op-sidecar has no raft membership. Membership is the set of live sidecars registered in etcd; start or stop a sidecar to change it"
         ))),
-        "miner_setMaxDASize" => set_max_da_size(s, p, forwarded).await,
+        "miner_setMaxDASize" => set_max_da_size(s, p, ctx.forwarded).await,
         "conductor_leaderWithID" => {
             let () = no_params(p)?;
             let leader = s.election.leader().await.map_err(etcd)?;

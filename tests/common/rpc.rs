@@ -107,6 +107,42 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     })
 }
 
+/// GETs `url` (e.g. an admin endpoint); `Err` only when no HTTP answer came back within `timeout`.
+pub async fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let (authority, path) = split_url(url)?;
+    let call = async {
+        let stream = TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake {authority}: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("build request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("send to {authority}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("read body from {authority}: {e}"))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer from {url} within {timeout:?}")),
+    }
+}
+
 /// POSTs `body` to `url`; `Err` only when no HTTP answer came back within `timeout`.
 pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, Bytes), String> {
     let (authority, path) = split_url(url)?;
