@@ -254,8 +254,11 @@ pub async fn call(
         }
         "conductor_active" => {
             let () = no_params(p)?;
-            let st = s.status.borrow();
-            ok(!st.paused && !st.stopped && !st.shutting_down)
+            let (paused, stopped, shutting_down) = {
+                let st = s.status.borrow();
+                (st.paused, st.stopped, st.shutting_down)
+            };
+            ok(!paused && !stopped && !shutting_down)
         }
         "conductor_paused" => {
             let () = no_params(p)?;
@@ -263,8 +266,11 @@ pub async fn call(
         }
         "conductor_stopped" => {
             let () = no_params(p)?;
-            let st = s.status.borrow();
-            ok(st.stopped || st.shutting_down)
+            let (stopped, shutting_down) = {
+                let st = s.status.borrow();
+                (st.stopped, st.shutting_down)
+            };
+            ok(stopped || shutting_down)
         }
         "conductor_stop" => {
             let () = no_params(p)?;
@@ -311,7 +317,9 @@ fn request_building_block(s: &Shared, id: &str) -> Result<Box<RawValue>, RpcErro
         }
         return Err(RpcError::Server("unmatched active sequencer".into()));
     }
-    match s.status.borrow().leader.as_ref() {
+    // Copied out: a guard held by a `match` scrutinee lives through every arm.
+    let leader = s.status.borrow().leader.clone();
+    match leader {
         None => Err(RpcError::Server("empty active sequencer".into())),
         Some(l) if l.id != id => Err(RpcError::Server("unmatched active sequencer".into())),
         Some(_) => Err(RpcError::Server(format!(
