@@ -88,6 +88,18 @@ pub struct Args {
     /// Time limit for answering one JSON-RPC request [default: 10s].
     #[arg(long = "rpc.timeout", env = "OP_SIDECAR_RPC_TIMEOUT")]
     pub rpc_timeout: Option<String>,
+    /// Time limit to receive a request's headers, then its whole body; also how long a connection may stay idle [default: 10s].
+    #[arg(long = "rpc.read-timeout", env = "OP_SIDECAR_RPC_READ_TIMEOUT")]
+    pub rpc_read_timeout: Option<String>,
+    /// Most open JSON-RPC connections; past it the connection idle longest is closed [default: 1024].
+    #[arg(long = "rpc.max-conns", env = "OP_SIDECAR_RPC_MAX_CONNS")]
+    pub rpc_max_conns: Option<String>,
+    /// Most open JSON-RPC connections from one IP address (raise it behind a proxy) [default: 128].
+    #[arg(long = "rpc.max-conns-per-ip", env = "OP_SIDECAR_RPC_MAX_CONNS_PER_IP")]
+    pub rpc_max_conns_per_ip: Option<String>,
+    /// Most bytes buffered for request bodies and proxied answers across all connections, besides a reserve for op-node's calls [default: 67108864].
+    #[arg(long = "rpc.max-buffered", env = "OP_SIDECAR_RPC_MAX_BUFFERED")]
+    pub rpc_max_buffered: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics) address [default: 127.0.0.1].
     #[arg(long = "admin.addr", env = "OP_SIDECAR_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
@@ -260,6 +272,10 @@ pub struct Config {
     pub rpc_advertise: String,
     pub rpc_max_body: usize,
     pub rpc_timeout: Duration,
+    pub rpc_read_timeout: Duration,
+    pub rpc_max_conns: usize,
+    pub rpc_max_conns_per_ip: usize,
+    pub rpc_max_buffered: usize,
     pub admin_addr: IpAddr,
     pub admin_port: u16,
     pub lease_ttl: Duration,
@@ -378,6 +394,10 @@ const SETTINGS: &[&str] = &[
     "rpc.advertise",
     "rpc.max-body",
     "rpc.timeout",
+    "rpc.read-timeout",
+    "rpc.max-conns",
+    "rpc.max-conns-per-ip",
+    "rpc.max-buffered",
     "admin.addr",
     "admin.port",
     "lease.ttl",
@@ -570,6 +590,49 @@ impl Config {
         let rpc_timeout = r.get("rpc.timeout", &args.rpc_timeout, Some("10s"), |s| {
             parse_duration(s).and_then(positive)
         })?;
+        let rpc_read_timeout = r.get(
+            "rpc.read-timeout",
+            &args.rpc_read_timeout,
+            Some("10s"),
+            |s| parse_duration(s).and_then(positive),
+        )?;
+        let at_least_one_conn = |s: &str| {
+            let n = parse_num::<usize>(s)?;
+            if n == 0 {
+                Err("must be at least 1".into())
+            } else {
+                Ok(n)
+            }
+        };
+        let rpc_max_conns = r.get(
+            "rpc.max-conns",
+            &args.rpc_max_conns,
+            Some("1024"),
+            at_least_one_conn,
+        )?;
+        let rpc_max_conns_per_ip = r.get(
+            "rpc.max-conns-per-ip",
+            &args.rpc_max_conns_per_ip,
+            Some("128"),
+            at_least_one_conn,
+        )?;
+        let rpc_max_buffered = r.get(
+            "rpc.max-buffered",
+            &args.rpc_max_buffered,
+            Some("67108864"),
+            |s| {
+                let n = parse_num::<usize>(s)?;
+                if n < rpc_max_body {
+                    Err(format!(
+                        "must be at least rpc.max-body ({rpc_max_body}), or a largest request could never be read"
+                    ))
+                } else if u32::try_from(n).is_err() {
+                    Err(format!("must be at most {}", u32::MAX))
+                } else {
+                    Ok(n)
+                }
+            },
+        )?;
         let admin_addr = r.get(
             "admin.addr",
             &args.admin_addr,
@@ -687,6 +750,10 @@ impl Config {
             rpc_advertise,
             rpc_max_body,
             rpc_timeout,
+            rpc_read_timeout,
+            rpc_max_conns,
+            rpc_max_conns_per_ip,
+            rpc_max_buffered,
             admin_addr,
             admin_port,
             lease_ttl,
@@ -720,6 +787,10 @@ impl Config {
             "rpc.advertise": self.rpc_advertise,
             "rpc.max-body": self.rpc_max_body,
             "rpc.timeout": d(self.rpc_timeout),
+            "rpc.read-timeout": d(self.rpc_read_timeout),
+            "rpc.max-conns": self.rpc_max_conns,
+            "rpc.max-conns-per-ip": self.rpc_max_conns_per_ip,
+            "rpc.max-buffered": self.rpc_max_buffered,
             "admin.addr": self.admin_addr.to_string(),
             "admin.port": self.admin_port,
             "lease.ttl": d(self.lease_ttl),
@@ -799,6 +870,45 @@ mod tests {
         assert_eq!(c.node_advertise, "http://127.0.0.1:9545");
         assert_eq!(c.health.min_peer_count, 0);
         assert!(!c.paused);
+        assert_eq!(c.rpc_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.rpc_max_conns, 1024);
+        assert_eq!(c.rpc_max_conns_per_ip, 128);
+        assert_eq!(c.rpc_max_buffered, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn rpc_limits_are_validated() {
+        let c = parse(&with(&[
+            "--rpc.read-timeout",
+            "3s",
+            "--rpc.max-conns",
+            "10",
+            "--rpc.max-conns-per-ip",
+            "5",
+            "--rpc.max-body",
+            "2048",
+            "--rpc.max-buffered",
+            "4096",
+        ]))
+        .expect("valid");
+        assert_eq!(c.rpc_read_timeout, Duration::from_secs(3));
+        assert_eq!((c.rpc_max_conns, c.rpc_max_conns_per_ip), (10, 5));
+        assert_eq!(c.rpc_max_buffered, 4096);
+        let e = parse(&with(&["--rpc.max-buffered", "1000"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rpc.max-buffered") && e.contains("rpc.max-body"),
+            "{e}"
+        );
+        let e = parse(&with(&["--rpc.max-conns", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.max-conns"), "{e}");
+        let e = parse(&with(&["--rpc.read-timeout", "0s"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.read-timeout"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
     pub result: String,
@@ -29,6 +34,9 @@ pub struct Metrics {
     pub rpc_requests: Family<MethodLabels, Counter>,
     pub handover_seconds: Histogram,
     pub etcd_errors: Counter,
+    pub rpc_connections: Gauge,
+    pub rpc_buffered_bytes: Gauge,
+    pub rpc_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,6 +56,9 @@ impl Metrics {
         let rpc_requests = Family::<MethodLabels, Counter>::default();
         let handover_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let etcd_errors = Counter::default();
+        let rpc_connections = Gauge::default();
+        let rpc_buffered_bytes = Gauge::default();
+        let rpc_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "is_leader",
             "1 while this sidecar leads and its lease is locally valid",
@@ -84,6 +95,21 @@ impl Metrics {
             "etcd requests that failed or timed out in the control loop",
             etcd_errors.clone(),
         );
+        registry.register(
+            "rpc_connections",
+            "Open JSON-RPC connections",
+            rpc_connections.clone(),
+        );
+        registry.register(
+            "rpc_buffered_bytes",
+            "Bytes held for JSON-RPC request bodies and proxied answers",
+            rpc_buffered_bytes.clone(),
+        );
+        registry.register(
+            "rpc_refused",
+            "JSON-RPC connections closed and requests refused by a limit, by reason",
+            rpc_refused.clone(),
+        );
         Metrics {
             registry,
             is_leader,
@@ -94,7 +120,18 @@ impl Metrics {
             rpc_requests,
             handover_seconds,
             etcd_errors,
+            rpc_connections,
+            rpc_buffered_bytes,
+            rpc_refused,
         }
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.rpc_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn action(&self, action: &str, result: &str) {

@@ -320,23 +320,21 @@ async fn rpc_port_extras_and_result_shapes() {
     assert_eq!(with_id["suffrage"], json!(0));
     // Admin listener: Patroni-style /leader, and /healthz backed by the heartbeat watchdog.
     let admin = |i: usize| f.sidecars[i].admin_url();
-    assert_eq!(
-        common::rpc::get(&format!("{}/leader", admin(leader)))
+    let get = |url: String| async move {
+        common::rpc::get(&url, Duration::from_secs(10))
             .await
-            .0,
-        200
-    );
-    assert_eq!(
-        common::rpc::get(&format!("{}/leader", admin(follower)))
-            .await
-            .0,
-        503
-    );
-    assert_eq!(
-        common::rpc::get(&format!("{}/healthz", admin(follower)))
-            .await
-            .0,
-        200
-    );
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .0
+    };
+    assert_eq!(get(format!("{}/leader", admin(leader))).await, 200);
+    assert_eq!(get(format!("{}/leader", admin(follower))).await, 503);
+    assert_eq!(get(format!("{}/healthz", admin(follower))).await, 200);
+    // op-service's GET /healthz on the RPC port: {"version": ...}.
+    let (code, body) = common::rpc::get(&format!("{url}/healthz"), Duration::from_secs(10))
+        .await
+        .expect("GET /healthz on the RPC port");
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(v["version"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
     f.assert_invariants();
 }

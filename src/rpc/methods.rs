@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use super::client::CallError;
+use super::client::{AnswerGate, CallError};
 use super::server::FORWARDED;
 use crate::commit::CommitError;
 
@@ -108,11 +108,19 @@ impl From<TransferError> for RpcError {
     }
 }
 
+/// What a call needs to know about the request it came in.
+pub struct CallCtx<'a> {
+    /// Sent by another sidecar: never forwarded again.
+    pub forwarded: bool,
+    /// Admits the bytes of proxied answers (the request's share of the server's byte budget).
+    pub gate: &'a dyn AnswerGate,
+}
+
 pub async fn call(
     s: &Shared,
     method: &str,
     p: Option<&RawValue>,
-    forwarded: bool,
+    ctx: &CallCtx<'_>,
 ) -> Result<Box<RawValue>, RpcError> {
     match method {
         // === coordinator_* (the op-coordinator seed design) ===
@@ -184,10 +192,10 @@ pub async fn call(
         | "optimism_rollupConfig"
         | "optimism_version"
         | "admin_sequencerActive" => {
-            proxy::forward(s, Upstream::OpNode, method, &raw_params(p), forwarded).await
+            proxy::forward(s, Upstream::OpNode, method, &raw_params(p), ctx).await
         }
         "eth_getBlockByNumber" => {
-            proxy::forward(s, Upstream::OpGeth, method, &raw_params(p), forwarded).await
+            proxy::forward(s, Upstream::OpGeth, method, &raw_params(p), ctx).await
         }
 
         // === conductor_* (op-conductor's API) ===
@@ -326,7 +334,7 @@ pub async fn call(
             );
             Ok(raw_null())
         }
-        "miner_setMaxDASize" => set_max_da_size(s, p, forwarded).await,
+        "miner_setMaxDASize" => set_max_da_size(s, p, ctx.forwarded).await,
         "conductor_leaderWithID" => {
             let () = no_params(p)?;
             let leader = s.election.leader().await.map_err(etcd)?;
@@ -354,8 +362,11 @@ pub async fn call(
         }
         "conductor_active" => {
             let () = no_params(p)?;
-            let st = s.status.borrow();
-            ok(!st.paused && !st.stopped && !st.shutting_down)
+            let (paused, stopped, shutting_down) = {
+                let st = s.status.borrow();
+                (st.paused, st.stopped, st.shutting_down)
+            };
+            ok(!paused && !stopped && !shutting_down)
         }
         "conductor_paused" => {
             let () = no_params(p)?;
@@ -363,8 +374,11 @@ pub async fn call(
         }
         "conductor_stopped" => {
             let () = no_params(p)?;
-            let st = s.status.borrow();
-            ok(st.stopped || st.shutting_down)
+            let (stopped, shutting_down) = {
+                let st = s.status.borrow();
+                (st.stopped, st.shutting_down)
+            };
+            ok(stopped || shutting_down)
         }
         "conductor_stop" => {
             let () = no_params(p)?;
@@ -443,7 +457,9 @@ fn request_building_block(s: &Shared, id: &str) -> Result<Box<RawValue>, RpcErro
         }
         return Err(RpcError::Server("unmatched active sequencer".into()));
     }
-    match s.status.borrow().leader.as_ref() {
+    // Copied out: a guard held by a `match` scrutinee lives through every arm.
+    let leader = s.status.borrow().leader.clone();
+    match leader {
         None => Err(RpcError::Server("empty active sequencer".into())),
         Some(l) if l.id != id => Err(RpcError::Server("unmatched active sequencer".into())),
         Some(_) => Err(RpcError::Server(format!(

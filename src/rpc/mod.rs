@@ -1,7 +1,8 @@
-//! The JSON-RPC endpoint: wire types, the error-to-code mapping, the HTTP server, the method table, forwarding to the leader, and the outgoing client.
+//! The JSON-RPC endpoint: wire types, the error-to-code mapping, the HTTP server and its resource limits, the method table, forwarding to the leader, and the outgoing client.
 
 pub mod client;
 pub mod error;
+pub mod limits;
 pub mod methods;
 pub mod proxy;
 pub mod server;

@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 use super::client::CallError;
 use super::error::RpcError;
+use super::methods::CallCtx;
 use super::server::FORWARDED;
 use crate::status::Shared;
 
@@ -25,6 +26,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 fn upstream_error(e: CallError) -> RpcError {
     match e {
         CallError::Rpc(obj) => RpcError::Upstream(obj),
+        CallError::TooLarge { reason, .. } => RpcError::LimitExceeded(reason),
         other => RpcError::Server(format!("leader unreachable: {other}")),
     }
 }
@@ -34,7 +36,7 @@ pub async fn forward(
     upstream: Upstream,
     method: &str,
     params: &RawValue,
-    forwarded: bool,
+    ctx: &CallCtx<'_>,
 ) -> Result<Box<RawValue>, RpcError> {
     if s.leader_now().is_some() {
         let url = match upstream {
@@ -43,11 +45,11 @@ pub async fn forward(
         };
         return s
             .http
-            .call_raw(url, method, params, FORWARD_TIMEOUT)
+            .call_raw_gated(url, method, params, &[], FORWARD_TIMEOUT, ctx.gate)
             .await
             .map_err(upstream_error);
     }
-    if forwarded {
+    if ctx.forwarded {
         return Err(RpcError::Server(NOT_LEADER.into()));
     }
     let leader = s.status.borrow().leader.clone();
@@ -64,7 +66,14 @@ pub async fn forward(
                 )));
             };
             s.http
-                .call_raw_with(&url, method, params, &[(FORWARDED, "1")], FORWARD_TIMEOUT)
+                .call_raw_gated(
+                    &url,
+                    method,
+                    params,
+                    &[(FORWARDED, "1")],
+                    FORWARD_TIMEOUT,
+                    ctx.gate,
+                )
                 .await
                 .map_err(upstream_error)
         }

@@ -107,17 +107,15 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     })
 }
 
+/// GETs `url` (e.g. an admin endpoint); `Err` only when no HTTP answer came back within `timeout`.
+pub async fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let (status, bytes) = request(hyper::Method::GET, url, Vec::new(), timeout).await?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 /// POSTs `body` to `url`; `Err` only when no HTTP answer came back within `timeout`.
 pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, Bytes), String> {
     request(hyper::Method::POST, url, body, timeout).await
-}
-
-/// GETs `url`: (status, body as text); panics when no answer came back.
-pub async fn get(url: &str) -> (u16, String) {
-    match request(hyper::Method::GET, url, Vec::new(), DEFAULT_TIMEOUT).await {
-        Ok((status, bytes)) => (status, String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) => panic!("GET {url}: {e}"),
-    }
 }
 
 async fn request(
