@@ -4,8 +4,8 @@
 //! Violations: heights with two published blocks, rewinds, broken links, wedges (no new block
 //! for [`WEDGE_MS`] while etcd has quorum, a healthy caught-up candidate exists and no stopped
 //! election or leader override is in force), sidecars that gave no answer on a listener for
-//! longer than its bound while neither SIGKILLed nor SIGSTOPped, faults the harness could not
-//! remove, and a cluster that does not settle on one producing sequencer once every fault is
+//! longer than its bound while neither SIGKILLed nor SIGSTOPped, a sidecar whose own watchdog
+//! (`/healthz`) reports it stuck, faults the harness could not remove, and a cluster that does not settle on one producing sequencer once every fault is
 //! gone.
 
 use std::collections::BTreeMap;
@@ -202,6 +202,24 @@ pub fn check(ev: &Evidence) -> Outcome {
         });
     }
 
+    // === the sidecar's own watchdog ===
+    for (k, (i, from, to, why)) in watchdog_failures(ev).into_iter().enumerate() {
+        let summary = format!(
+            "seq-{i} /healthz unhealthy from {} to {} while neither killed nor SIGSTOPped: {why}",
+            ev.rel(from),
+            ev.rel(to)
+        );
+        if k < DETAILED {
+            let _ = writeln!(details, "\n### WATCHDOG\n  {summary}");
+            details.push_str(&context(ev, from.saturating_sub(10_000), to));
+        }
+        violations.push(Violation {
+            what: "watchdog: /healthz unhealthy",
+            at_ms: from,
+            summary,
+        });
+    }
+
     for h in &ev.harness {
         violations.push(Violation {
             what: "harness",
@@ -238,6 +256,7 @@ pub fn check(ev: &Evidence) -> Outcome {
         "broken link",
         "wedge",
         "sidecar not answering",
+        "watchdog: /healthz unhealthy",
         "harness",
         "no single producing sequencer at the end",
     ] {
@@ -724,6 +743,43 @@ fn silences(ev: &Evidence) -> Vec<(usize, Chan, u64, u64)> {
                 }
                 last = last.max(t);
             }
+        }
+    }
+    out
+}
+
+/// (sidecar, first, last, reason) of each run of `/healthz` answers other than 200 outside the
+/// windows where the sidecar was killed or SIGSTOPped.
+fn watchdog_failures(ev: &Evidence) -> Vec<(usize, u64, u64, String)> {
+    let mut out = Vec::new();
+    for i in 0..N {
+        let excused = |t: u64| {
+            ev.excused
+                .iter()
+                .any(|(s, a, b)| *s == i && *a <= t && t <= *b)
+        };
+        let mut probes: Vec<&Probe> = ev
+            .probes
+            .iter()
+            .filter(|p| p.sidecar == i && p.chan == Chan::Healthz && p.ok)
+            .collect();
+        probes.sort_by_key(|p| p.end_ms);
+        let mut open: Option<(u64, u64, String)> = None;
+        for p in probes {
+            match (&p.unhealthy, excused(p.end_ms)) {
+                (Some(why), false) => match &mut open {
+                    Some((_, last, _)) => *last = p.end_ms,
+                    None => open = Some((p.end_ms, p.end_ms, why.clone())),
+                },
+                _ => {
+                    if let Some((a, b, why)) = open.take() {
+                        out.push((i, a, b, why));
+                    }
+                }
+            }
+        }
+        if let Some((a, b, why)) = open {
+            out.push((i, a, b, why));
         }
     }
     out

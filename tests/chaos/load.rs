@@ -1,7 +1,8 @@
 //! Load that runs for the whole campaign, and the sampler the checker reads.
 //!
-//! Per sidecar three probe loops, 4 calls a second each: `GET /readyz` on the admin port, RPC
-//! methods answered from memory (`conductor_leader`, ...) and RPC methods that read etcd or are
+//! Per sidecar four probe loops, 4 calls a second each: `GET /readyz` and `GET /healthz` (the
+//! sidecar's own watchdog on its control loop and lease task) on the admin port, RPC methods
+//! answered from memory (`conductor_leader`, ...) and RPC methods that read etcd or are
 //! proxied to the leader's node (`coordinator_getMaster`, `optimism_syncStatus`, ...). In
 //! conductor mode the simulated op-nodes add their own load: every block is committed through
 //! `conductor_commitUnsafePayload` and every start asks `conductor_leader`.
@@ -27,6 +28,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 pub enum Chan {
     /// `GET /readyz` on the admin listener (answered from memory).
     Admin,
+    /// `GET /healthz` on the admin listener: 200 unless the sidecar's watchdog finds its control
+    /// loop or lease task stuck.
+    Healthz,
     /// RPC methods answered from memory.
     RpcMem,
     /// RPC methods that read etcd or are forwarded to the leader's node.
@@ -34,11 +38,12 @@ pub enum Chan {
 }
 
 impl Chan {
-    pub const ALL: [Chan; 3] = [Chan::Admin, Chan::RpcMem, Chan::RpcEtcd];
+    pub const ALL: [Chan; 4] = [Chan::Admin, Chan::Healthz, Chan::RpcMem, Chan::RpcEtcd];
 
     pub fn name(self) -> &'static str {
         match self {
             Chan::Admin => "admin /readyz",
+            Chan::Healthz => "admin /healthz",
             Chan::RpcMem => "rpc (memory)",
             Chan::RpcEtcd => "rpc (etcd/proxied)",
         }
@@ -47,7 +52,7 @@ impl Chan {
     /// Client time limit of one probe.
     fn timeout(self) -> Duration {
         match self {
-            Chan::Admin | Chan::RpcMem => Duration::from_secs(3),
+            Chan::Admin | Chan::Healthz | Chan::RpcMem => Duration::from_secs(3),
             // The sidecar's own --rpc.timeout is 10 s; an etcd read during an outage takes
             // up to its etcd timeout per member tried.
             Chan::RpcEtcd => Duration::from_secs(12),
@@ -57,7 +62,7 @@ impl Chan {
     /// Longest time without any answer that is not a violation.
     pub fn bound_ms(self) -> u64 {
         match self {
-            Chan::Admin | Chan::RpcMem => 5_000,
+            Chan::Admin | Chan::Healthz | Chan::RpcMem => 5_000,
             Chan::RpcEtcd => 15_000,
         }
     }
@@ -71,6 +76,8 @@ pub struct Probe {
     pub start_ms: u64,
     pub end_ms: u64,
     pub ok: bool,
+    /// `/healthz`: the body of an answer other than 200 (the watchdog's reason).
+    pub unhealthy: Option<String>,
 }
 
 const MEM_METHODS: [&str; 4] = [
@@ -98,6 +105,7 @@ pub fn spawn_load(
         for chan in Chan::ALL {
             let url = match chan {
                 Chan::Admin => format!("{admin}/readyz"),
+                Chan::Healthz => format!("{admin}/healthz"),
                 _ => rpc.clone(),
             };
             tasks.push(tokio::spawn(probe_loop(
@@ -130,10 +138,10 @@ async fn probe_loop(
         }
         n += 1;
         let start_ms = now_ms();
-        let ok = tokio::select! {
+        let (ok, unhealthy) = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            ok = call(chan, &url, n) => ok,
+            r = call(chan, &url, n) => r,
         };
         probes.lock().push(Probe {
             sidecar,
@@ -141,13 +149,22 @@ async fn probe_loop(
             start_ms,
             end_ms: now_ms(),
             ok,
+            unhealthy,
         });
     }
 }
 
-async fn call(chan: Chan, url: &str, n: usize) -> bool {
-    match chan {
+/// (answered, `/healthz` failure reason).
+async fn call(chan: Chan, url: &str, n: usize) -> (bool, Option<String>) {
+    let answered = match chan {
         Chan::Admin => get(url, chan.timeout()).await.is_ok(),
+        Chan::Healthz => {
+            return match get(url, chan.timeout()).await {
+                Ok((200, _)) => (true, None),
+                Ok((status, body)) => (true, Some(format!("HTTP {status}: {}", body.trim()))),
+                Err(_) => (false, None),
+            };
+        }
         Chan::RpcMem => {
             let m = MEM_METHODS[n % MEM_METHODS.len()];
             rpc_timeout(url, m, json!([]), chan.timeout())
@@ -160,7 +177,8 @@ async fn call(chan: Chan, url: &str, n: usize) -> bool {
                 .await
                 .is_ok_or_rpc_error()
         }
-    }
+    };
+    (answered, None)
 }
 
 trait Answered {
