@@ -226,25 +226,35 @@ impl Chaos {
         (0..N).map(|k| (want + k) % N).find(|i| live.contains(i))
     }
 
-    /// The leader now: the only sequencing node, else what a live sidecar's getMaster says.
-    pub async fn current_leader(&self) -> Option<usize> {
+    /// The leader now and how it was found. Sidecar-driven mode: the only sequencing node,
+    /// else what a live sidecar's getMaster says. Conductor mode asks getMaster first: a node
+    /// whose sidecar died keeps sequencing there (fenced off, it publishes nothing), so the
+    /// only sequencing node need not be the leader.
+    pub async fn current_leader(&self) -> Option<(usize, &'static str)> {
         let active: Vec<usize> = (0..N).filter(|&i| self.sim.node(i).is_active()).collect();
-        if active.len() == 1 {
-            return Some(active[0]);
+        let only_active = (active.len() == 1).then(|| (active[0], "only sequencing node"));
+        if self.mode == Mode::Driven && only_active.is_some() {
+            return only_active;
         }
         for i in self.live() {
             let r = rpc_timeout(
                 &self.sidecars[i].url(),
                 "coordinator_getMaster",
                 json!([]),
-                Duration::from_millis(1500),
+                Duration::from_millis(1000),
             )
             .await;
-            if let Ok(Value::String(id)) = r {
-                return id.strip_prefix("seq-").and_then(|s| s.parse().ok());
+            match r {
+                Ok(Value::String(id)) => {
+                    let m = id.strip_prefix("seq-").and_then(|s| s.parse().ok());
+                    return m.map(|m| (m, "getMaster"));
+                }
+                // Answered: nobody leads.
+                Ok(_) => return only_active,
+                Err(_) => {}
             }
         }
-        None
+        only_active
     }
 
     /// Whether fault `kind` may hit member `m` now.
@@ -268,7 +278,7 @@ impl Chaos {
     async fn resolve(&self, f: &Fault) -> Result<(usize, String), String> {
         let (want, mut note) = match f.target {
             Target::Leader => match self.current_leader().await {
-                Some(l) => (l, format!("leader seq-{l}")),
+                Some((l, how)) => (l, format!("leader seq-{l} by {how}")),
                 None => (
                     f.fallback,
                     format!("no leader, fallback seq-{}", f.fallback),
