@@ -346,7 +346,13 @@ impl Chaos {
                 .set_rpc_delay_for(Duration::from_millis(f.param), &ADMIN_METHODS),
             Kind::GossipCut => self.sim.node(m).cut_gossip(true),
             Kind::Transfer => {
-                let Some(via) = self.live_near(f.via) else {
+                // conductor_transferLeader acts only on the leader (on a follower it is a no-op,
+                // as op-conductor's), so it goes to the leader; the named transfers go anywhere.
+                let leader = match f.param {
+                    0 => self.current_leader().await.map(|(l, _)| l),
+                    _ => None,
+                };
+                let Some(via) = self.live_near(leader.unwrap_or(f.via)) else {
                     run.skipped = Some("no live sidecar to ask".into());
                     return;
                 };

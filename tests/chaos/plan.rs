@@ -292,7 +292,10 @@ impl Fault {
                 format!("{} (etcd{up} stays)", down.join("+"))
             }
             Kind::Transfer => match self.param {
-                0 => format!("conductor_transferLeader via seq-{}", self.via),
+                0 => format!(
+                    "conductor_transferLeader via the leader (else seq-{})",
+                    self.via
+                ),
                 1 => format!(
                     "coordinator_setMaster(seq-{}) via seq-{}",
                     self.to, self.via
