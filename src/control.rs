@@ -199,6 +199,12 @@ impl Controller {
                 }
                 if paused != self.paused {
                     tracing::info!(paused, "pause state changed by operator");
+                    if !paused && self.term.is_some() {
+                        // Health may move a leader again only a grace period after it resumes:
+                        // while paused its node may have been stopped or force-started, and its
+                        // health filter is still catching up.
+                        self.leading_since = Some(Instant::now());
+                    }
                 }
                 self.paused = paused;
                 self.publish(|s| s.paused = paused);
@@ -863,7 +869,11 @@ impl Controller {
                 .as_ref()
                 .map(|v| v.head.as_ref().map(HeadRecord::block));
             match self.start_node(term, target.as_ref(), committed).await {
-                Ok(_) => self.restart_failing_since = None,
+                Ok(_) => {
+                    self.restart_failing_since = None;
+                    // Its head is as old as the outage: the health grace starts again.
+                    self.leading_since = Some(Instant::now());
+                }
                 Err(why) => {
                     tracing::warn!(reason = %why, "could not restart sequencing");
                     // L2: a leader whose node cannot get back to the recorded head within the
