@@ -1,0 +1,231 @@
+//! `op-sidecar ctl` against a live three-sidecar cluster: status (table and --json, a killed
+//! member shows as down), transfer with the leader moving, pause/resume one and all, election
+//! stop/start, and the exit codes scripts rely on (2 usage, 3 unreachable, 1 refused).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::sidecar::BIN;
+use common::{rpc, wait_until, Fixture, FixtureOpts};
+use serde_json::{json, Value};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn ctl(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::process::Command::new(BIN)
+        .arg("ctl")
+        .args(&args)
+        .env_remove("OP_SIDECAR_CTL_RPC")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn status_json(url: &str) -> Value {
+    let o = ctl(&["--rpc", url, "--json", "status"]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {}", describe(&o)))
+}
+
+fn row<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no row for {id} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_sees_and_steers_a_live_cluster() {
+    let mut f = Fixture::start(3, FixtureOpts::default()).await;
+    let leader = f.wait_single_active(SETTLE).await;
+    let leader_id = Fixture::id(leader);
+    let url = f.sidecar((leader + 1) % 3).url();
+    // Let every member's health settle so the table shows three healthy rows.
+    wait_until(SETTLE, "every member healthy in ctl status", || {
+        let url = url.clone();
+        async move {
+            let s = status_json(&url).await;
+            s["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3 && m.iter().all(|r| r["healthy"] == json!(true)))
+        }
+    })
+    .await;
+
+    // --- status: table and JSON, asked of a follower ---
+    let o = ctl(&["--rpc", &url, "status"]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let table = stdout(&o);
+    assert!(table.starts_with("ID"), "{table}");
+    for i in 0..3 {
+        assert!(table.contains(&Fixture::id(i)), "{table}");
+    }
+    assert!(table.contains(&format!("leader: {leader_id}")), "{table}");
+    let s = status_json(&url).await;
+    assert_eq!(s["leader"], json!(leader_id), "{s}");
+    assert!(s["epoch"].as_i64().is_some_and(|e| e > 0), "{s}");
+    assert_eq!(s["election_stopped"], json!(false), "{s}");
+    let lr = row(&s, &leader_id);
+    assert_eq!(lr["leader"], json!(true), "{s}");
+    assert_eq!(lr["lag"], json!(0), "{s}");
+    assert!(lr["unsafe_head"].as_u64().is_some_and(|n| n > 0), "{s}");
+    assert!(
+        lr["unsafe_head_age_secs"].as_u64().is_some_and(|a| a < 10),
+        "{s}"
+    );
+
+    // --- transfer to a named member: returns once it leads, with a progress line ---
+    let target = (leader + 2) % 3;
+    let target_id = Fixture::id(target);
+    let o = ctl(&["--rpc", &url, "transfer", &target_id]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert!(
+        stdout(&o).contains(&format!("-> {target_id}")),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(f.leader_id().await.as_deref(), Some(target_id.as_str()));
+    f.wait_single_active_where(SETTLE, "the transfer target sequencing", |i| i == target)
+        .await;
+
+    // --- transfer to an unknown member fails (1) and changes nothing ---
+    let o = ctl(&["--rpc", &url, "--json", "transfer", "nobody"]).await;
+    assert_eq!(code(&o), 1, "{}", describe(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ok"], json!(false), "{v}");
+    assert_eq!(f.leader_id().await.as_deref(), Some(target_id.as_str()));
+
+    // --- pause one member by id, then resume all ---
+    let one = Fixture::id(leader);
+    let o = ctl(&["--rpc", &url, "pause", &one]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let paused = rpc(&f.sidecar(leader).url(), "conductor_paused", json!([]))
+        .await
+        .unwrap();
+    assert_eq!(paused, json!(true));
+    assert_eq!(row(&status_json(&url).await, &one)["paused"], json!(true));
+    let o = ctl(&["--rpc", &url, "--json", "resume", "--all"]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(3), "{v}");
+    for i in 0..3 {
+        let p = rpc(&f.sidecar(i).url(), "conductor_paused", json!([]))
+            .await
+            .unwrap();
+        assert_eq!(p, json!(false), "seq-{i} still paused");
+    }
+
+    // --- election stop / start is visible in status ---
+    let o = ctl(&["--rpc", &url, "election", "stop"]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert_eq!(status_json(&url).await["election_stopped"], json!(true));
+    let o = ctl(&["--rpc", &url, "election", "start"]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert_eq!(status_json(&url).await["election_stopped"], json!(false));
+
+    // --- a killed member is a DOWN row, not an error ---
+    let victim = (target + 1) % 3;
+    let victim_id = Fixture::id(victim);
+    // Pin membership first, so the dead member stays listed (open membership lists live ones).
+    let victim_url = f.sidecar(victim).url();
+    f.rpc_any(
+        "conductor_addServerAsVoter",
+        json!([victim_id, victim_url, 0]),
+    )
+    .await
+    .unwrap();
+    f.sidecar(victim).kill();
+    let ask = f.sidecar(target).url();
+    let s = status_json(&ask).await;
+    assert_eq!(row(&s, &victim_id)["up"], json!(false), "{s}");
+    let o = ctl(&["--rpc", &ask, "status"]).await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    assert!(stdout(&o).contains("DOWN"), "{}", describe(&o));
+    // Pausing everyone with one member down: the live ones are paused, the exit code says a
+    // member was unreachable.
+    let o = ctl(&["--rpc", &ask, "pause", "--all"]).await;
+    assert_eq!(code(&o), 3, "{}", describe(&o));
+    let o = ctl(&["--rpc", &ask, "resume", "--all"]).await;
+    assert_eq!(code(&o), 3, "{}", describe(&o));
+    f.assert_invariants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_exit_codes_for_usage_unreachable_and_bad_secret() {
+    // Nothing listens on a freshly released port.
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let o = ctl(&["--rpc", &url, "status"]).await;
+    assert_eq!(code(&o), 3, "{}", describe(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unreachable"),
+        "{}",
+        describe(&o)
+    );
+    let o = ctl(&["--rpc", &url, "--json", "status"]).await;
+    assert_eq!(code(&o), 3, "{}", describe(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["exit"], json!(3), "{v}");
+
+    let o = ctl(&["--rpc", &url, "frobnicate"]).await;
+    assert_eq!(code(&o), 2, "{}", describe(&o));
+    let o = ctl(&["--rpc", &url, "override", "maybe", "x"]).await;
+    assert_eq!(code(&o), 2, "{}", describe(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.hex");
+    let o = ctl(&[
+        "--rpc",
+        &url,
+        "--jwt-secret",
+        missing.to_str().unwrap(),
+        "status",
+    ])
+    .await;
+    assert_eq!(code(&o), 2, "{}", describe(&o));
+    let short = dir.path().join("short.hex");
+    std::fs::write(&short, "0x1234").unwrap();
+    let o = ctl(&[
+        "--rpc",
+        &url,
+        "--jwt-secret",
+        short.to_str().unwrap(),
+        "status",
+    ])
+    .await;
+    assert_eq!(code(&o), 2, "{}", describe(&o));
+
+    let o = tokio::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    let v = stdout(&o);
+    assert!(
+        v.contains(env!("CARGO_PKG_VERSION")) && v.contains("commit "),
+        "{v}"
+    );
+}
