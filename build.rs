@@ -13,7 +13,13 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rerun-if-env-changed=OP_SIDECAR_GIT_COMMIT");
+    // A build without .git (the container image) passes the commit in.
+    let commit = std::env::var("OP_SIDECAR_GIT_COMMIT")
+        .ok()
+        .filter(|s| !s.is_empty() && s != "unknown")
+        .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=OP_SIDECAR_GIT_COMMIT={commit}");
     // Re-run when HEAD moves (a worktree's .git is a file, so ask git where HEAD lives). No
     // git at all (a source tarball, a Docker context without .git) is fine.
