@@ -97,6 +97,28 @@ async fn ctl_sees_and_steers_a_live_cluster() {
         "{s}"
     );
 
+    // --- the scrape-time gauges on the leader's /metrics ---
+    let admin = f.sidecar(leader).admin_url();
+    let (code_, text) = common::rpc::get(&format!("{admin}/metrics"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(code_, 200, "{text}");
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+    };
+    assert!(gauge("op_sidecar_unsafe_head_number") > 0.0, "{text}");
+    let age = gauge("op_sidecar_unsafe_head_age_seconds");
+    assert!((0.0..10.0).contains(&age), "{text}");
+    let left = gauge("op_sidecar_lease_time_left_seconds");
+    assert!(left > 0.0, "{text}");
+    let contact = gauge("op_sidecar_etcd_last_contact_seconds");
+    assert!((0.0..2.0).contains(&contact), "{text}");
+    assert_eq!(gauge("op_sidecar_leader_overridden"), 0.0, "{text}");
+    assert_eq!(gauge("op_sidecar_election_stopped"), 0.0, "{text}");
+    assert!(text.contains("op_sidecar_build_info{version=\""), "{text}");
+
     // --- transfer to a named member: returns once it leads, with a progress line ---
     let target = (leader + 2) % 3;
     let target_id = Fixture::id(target);
@@ -141,10 +163,18 @@ async fn ctl_sees_and_steers_a_live_cluster() {
     // --- election stop / start is visible in status ---
     let o = ctl(&["--rpc", &url, "election", "stop"]).await;
     assert_eq!(code(&o), 0, "{}", describe(&o));
-    assert_eq!(status_json(&url).await["election_stopped"], json!(true));
+    wait_until(SETTLE, "election_stopped in ctl status", || {
+        let url = url.clone();
+        async move { status_json(&url).await["election_stopped"] == json!(true) }
+    })
+    .await;
     let o = ctl(&["--rpc", &url, "election", "start"]).await;
     assert_eq!(code(&o), 0, "{}", describe(&o));
-    assert_eq!(status_json(&url).await["election_stopped"], json!(false));
+    wait_until(SETTLE, "election running in ctl status", || {
+        let url = url.clone();
+        async move { status_json(&url).await["election_stopped"] == json!(false) }
+    })
+    .await;
 
     // --- a killed member is a DOWN row, not an error ---
     let victim = (target + 1) % 3;
