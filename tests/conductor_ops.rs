@@ -335,6 +335,9 @@ async fn rpc_port_extras_and_result_shapes() {
         .expect("GET /healthz on the RPC port");
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).expect("json");
-    assert!(v["version"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    assert!(
+        v["version"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
     f.assert_invariants();
 }
