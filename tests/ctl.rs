@@ -259,3 +259,70 @@ async fn ctl_exit_codes_for_usage_unreachable_and_bad_secret() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_sends_an_hs256_bearer_token_when_given_a_secret() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A one-shot JSON-RPC server that records the request head.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":null}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(resp.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("jwt.hex");
+    let secret = [0x5au8; 32];
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&secret_path, format!("0x{hex}\n")).unwrap();
+    let o = ctl(&[
+        "--rpc",
+        &url,
+        "--jwt-secret",
+        secret_path.to_str().unwrap(),
+        "election",
+        "stop",
+    ])
+    .await;
+    assert_eq!(code(&o), 0, "{}", describe(&o));
+    let head = server.await.unwrap();
+    let token = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("authorization")
+                .then(|| v.trim().strip_prefix("Bearer ").map(str::to_string))?
+        })
+        .unwrap_or_else(|| panic!("no bearer token in\n{head}"));
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let claims =
+        jsonwebtoken::decode::<Value>(&token, &jsonwebtoken::DecodingKey::from_secret(&secret), &v)
+            .unwrap()
+            .claims;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        claims["iat"]
+            .as_u64()
+            .is_some_and(|iat| now.abs_diff(iat) <= 5),
+        "{claims}"
+    );
+    assert!(head.starts_with("POST "), "{head}");
+}
