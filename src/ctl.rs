@@ -28,7 +28,8 @@ pub struct CtlArgs {
     #[arg(
         long = "rpc",
         env = "OP_SIDECAR_CTL_RPC",
-        default_value = "http://127.0.0.1:8547"
+        default_value = "http://127.0.0.1:8547",
+        global = true
     )]
     pub rpc: String,
     /// File with the 32-byte hex JWT secret (as `--rpc.jwt-secret` on the sidecars); every call

@@ -11,6 +11,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
+            let ctl = std::env::args().nth(1).as_deref() == Some("ctl");
+            // `ctl` with no command did not do what a script asked: usage, not success.
+            if ctl && e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(op_sidecar::ctl::EXIT_USAGE);
+            }
             if matches!(
                 e.kind(),
                 ErrorKind::DisplayHelp
@@ -24,7 +30,7 @@ fn main() -> ExitCode {
             let msg = e.to_string();
             eprintln!("{}", msg.lines().next().unwrap_or("invalid command line"));
             // `ctl` promises scripts exit code 2 for usage errors.
-            if std::env::args().nth(1).as_deref() == Some("ctl") {
+            if ctl {
                 return ExitCode::from(op_sidecar::ctl::EXIT_USAGE);
             }
             return ExitCode::from(EXIT_CONFIG as u8);
