@@ -25,7 +25,7 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 #[derive(Debug, Parser)]
 #[command(
     name = "op-sidecar",
-    version,
+    version = crate::status::LONG_VERSION,
     about = "High-availability sidecar for OP Stack sequencers, backed by etcd"
 )]
 pub struct Cli {
@@ -39,6 +39,8 @@ pub enum Command {
     Run(Args),
     /// Print the effective configuration (after flags, env, file and defaults) as JSON and exit.
     Config(Args),
+    /// Operator CLI: see and steer the cluster through any sidecar's JSON-RPC.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Raw settings as given on the command line or in the environment. Values stay strings here so

@@ -258,9 +258,13 @@ impl Controller {
                 rpc: v.members.get(&l.id).map(|m| m.rpc.clone()),
             })
         });
+        let election_stopped = view.as_ref().map(|v| v.election_stopped);
         self.publish(|s| {
             if let Some(l) = leader {
                 s.leader = l;
+            }
+            if let Some(stopped) = election_stopped {
+                s.election_stopped = stopped;
             }
             s.etcd_reachable = view.is_some();
             s.node_active = active;
