@@ -72,6 +72,10 @@ pub async fn run_with_listeners(
                 &config.etcd_prefix,
                 config.etcd_timeout,
                 config.etcd_user.as_ref(),
+                config
+                    .etcd_tls
+                    .as_ref()
+                    .is_some_and(|t| t.identity.is_some()),
             )
             .await
         {

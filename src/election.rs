@@ -271,6 +271,45 @@ impl EtcdPool {
         prefix: &str,
         limit: Duration,
         user: Option<&EtcdUser>,
+        client_cert: bool,
+    ) -> Result<(), AccessError> {
+        // With TLS 1.3 the server checks our certificate after the client considers the
+        // handshake done, so a refused certificate mostly surfaces as a bare "connection closed"
+        // or "broken pipe", and only sometimes as the alert itself: try a few times.
+        let mut last = AccessError::Other("not checked".into());
+        let mut closed = 0;
+        const ATTEMPTS: u32 = 8;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            match self.check_access_once(prefix, limit, user).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_config() => return Err(e),
+                Err(e) => {
+                    let t = e.to_string().to_ascii_lowercase();
+                    if t.contains("connection closed") || t.contains("broken pipe") {
+                        closed += 1;
+                    }
+                    last = e;
+                }
+            }
+        }
+        // Every connection was accepted and then closed by etcd: with a client certificate
+        // configured that is etcd refusing it.
+        if client_cert && closed == ATTEMPTS {
+            return Err(AccessError::ClientCertificate(format!(
+                "etcd closed every connection after the TLS handshake ({last})"
+            )));
+        }
+        Err(last)
+    }
+
+    async fn check_access_once(
+        &self,
+        prefix: &str,
+        limit: Duration,
+        user: Option<&EtcdUser>,
     ) -> Result<(), AccessError> {
         let probe = format!("{prefix}/.access-check");
         let r = self
