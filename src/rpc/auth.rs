@@ -259,6 +259,10 @@ mod tests {
         assert_eq!(access("conductor_active"), Some(Access::Open));
         assert_eq!(access("conductor_overrideLeader"), Some(Access::Control));
         assert_eq!(access("no_such"), None);
+        // The listener skips the token check for these (op-node's hot path): they must be open.
+        for m in crate::rpc::limits::CRITICAL {
+            assert_eq!(access(m), Some(Access::Open), "{m}");
+        }
     }
 
     #[test]

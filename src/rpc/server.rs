@@ -404,11 +404,14 @@ async fn handle_http(
             return json_response(StatusCode::BAD_REQUEST, error_body(&RpcError::Parse(e)))
         }
     };
-    // Checked before a permit is taken: a refused call costs no more than reading it.
-    if let Err(refused) = authorize(shared, &body, authorization.as_deref(), peer) {
-        return refused;
-    }
     let class = peek_class(&body).unwrap_or(Class::General);
+    // Checked before a permit is taken: a refused call costs no more than reading it. op-node's
+    // own single calls (all open) skip the second parse of their payload.
+    if class != Class::Critical {
+        if let Err(refused) = authorize(shared, &body, authorization.as_deref(), peer) {
+            return refused;
+        }
+    }
     let Some(permit) = limits
         .permits
         .acquire(class, Instant::now() + shared.config.rpc_timeout)
