@@ -288,10 +288,13 @@ impl EtcdPool {
                 Err(e) if e.is_config() => return Err(e),
                 Err(e) => {
                     let t = e.to_string().to_ascii_lowercase();
-                    if t.contains("connection closed") || t.contains("broken pipe") {
-                        closed += 1;
-                    }
+                    let was_closed = t.contains("connection closed") || t.contains("broken pipe");
                     last = e;
+                    if !was_closed {
+                        // Down or refusing connections: no point delaying the start further.
+                        break;
+                    }
+                    closed += 1;
                 }
             }
         }
