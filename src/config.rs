@@ -452,6 +452,34 @@ fn parse_etcd_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
+/// A refused endpoint list is echoed in the error: never with a password in it.
+fn redact_url_credentials(e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            setting,
+            value,
+            origin,
+            reason,
+        } => {
+            let value = value
+                .split(',')
+                .map(|u| match (u.find("://"), u.find('@')) {
+                    (Some(i), Some(j)) if j > i => format!("{}<redacted>{}", &u[..i + 3], &u[j..]),
+                    _ => u.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            ConfigError::Invalid {
+                setting,
+                value,
+                origin,
+                reason,
+            }
+        }
+        other => other,
+    }
+}
+
 fn readable_file(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s.trim());
     std::fs::File::open(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
@@ -737,27 +765,29 @@ impl Config {
             .optional("node.advertise", &args.node_advertise, parse_http_url)?
             .unwrap_or_else(|| node_rpc.clone());
         let execution_rpc = r.get("execution.rpc", &args.execution_rpc, None, parse_http_url)?;
-        let etcd_endpoints = r.get(
-            "etcd.endpoints",
-            &args.etcd_endpoints,
-            Some("http://127.0.0.1:2379"),
-            |s| {
-                let list: Vec<String> = s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .map(parse_etcd_url)
-                    .collect::<Result<_, _>>()?;
-                if list.is_empty() {
-                    return Err("at least one endpoint is required".into());
-                }
-                let https = list.iter().filter(|e| e.starts_with("https://")).count();
-                if https != 0 && https != list.len() {
-                    return Err("mix of http:// and https:// endpoints; use one scheme".into());
-                }
-                Ok(list)
-            },
-        )?;
+        let etcd_endpoints = r
+            .get(
+                "etcd.endpoints",
+                &args.etcd_endpoints,
+                Some("http://127.0.0.1:2379"),
+                |s| {
+                    let list: Vec<String> = s
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(parse_etcd_url)
+                        .collect::<Result<_, _>>()?;
+                    if list.is_empty() {
+                        return Err("at least one endpoint is required".into());
+                    }
+                    let https = list.iter().filter(|e| e.starts_with("https://")).count();
+                    if https != 0 && https != list.len() {
+                        return Err("mix of http:// and https:// endpoints; use one scheme".into());
+                    }
+                    Ok(list)
+                },
+            )
+            .map_err(redact_url_credentials)?;
         let etcd_prefix = r.get(
             "etcd.prefix",
             &args.etcd_prefix,
@@ -1303,6 +1333,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("etcd.username"), "{e}");
+        assert!(!e.contains("u:pw"), "{e}");
         let e = with(&["--etcd.endpoints", "https://127.0.0.1:2379"])
             .unwrap_err()
             .to_string();
