@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use op_sidecar::config::{Cli, Command, Config, LogFormat, EXIT_CONFIG};
+use op_sidecar::election::AccessError;
+use op_sidecar::rpc::auth::SecretError;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -74,7 +76,17 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "op-sidecar failed");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Wrong TLS files, credentials, permissions or JWT secret: a configuration error.
+            let config_error = e.chain().any(|c| {
+                c.downcast_ref::<AccessError>()
+                    .is_some_and(AccessError::is_config)
+                    || c.is::<SecretError>()
+            });
+            if config_error {
+                ExitCode::from(EXIT_CONFIG as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

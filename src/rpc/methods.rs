@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::client::{AnswerGate, CallError};
-use super::server::FORWARDED;
 use crate::commit::CommitError;
 
 use super::error::RpcError;
@@ -21,7 +20,7 @@ use crate::status::{Command, Shared, VERSION};
 use crate::transfer::{self, TransferError};
 
 /// Every method name answered here, for metric labels (unknown names are folded into one label).
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "coordinator_getMaster",
     "coordinator_getActiveSequencer",
     "coordinator_setMaster",
@@ -543,12 +542,12 @@ async fn set_max_da_size(
                 .map(|m| m.rpc.clone())
                 .collect();
             let calls = peers.iter().map(|url| {
-                s.http.call_raw_with(
+                s.http.call_peer(
                     url,
                     "miner_setMaxDASize",
                     &params,
-                    &[(FORWARDED, "1")],
                     timeout,
+                    &super::client::Ungated,
                 )
             });
             for (url, r) in peers
