@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,11 +108,53 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             };
             text(code, format!("{body}\n"), "application/json")
         }
-        "/metrics" => text(
-            StatusCode::OK,
-            s.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        "/metrics" => {
+            refresh_gauges(s);
+            text(
+                StatusCode::OK,
+                s.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
+}
+
+/// Sets the gauges that mirror shared state, at scrape time, so the control loop need not.
+/// Every watch value is copied out before the next is read (see `Shared::leader_now`).
+fn refresh_gauges(s: &Shared) {
+    let st = s.status_now();
+    let health = s.health_now();
+    let lease = *s.lease.borrow();
+    let m = &s.metrics;
+    m.unsafe_head_number
+        .set(health.head.as_ref().map_or(0, |h| h.number as i64));
+    let age = match health.head_time {
+        Some(t) if health.reachable => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            (now - t as f64).max(0.0)
+        }
+        _ => -1.0,
+    };
+    m.unsafe_head_age.set(age);
+    let now = tokio::time::Instant::now();
+    m.lease_time_left.set(lease.map_or(0.0, |l| {
+        l.valid_until.saturating_duration_since(now).as_secs_f64()
+    }));
+    // The local deadline is the acknowledged keepalive's send time + TTL - margin, so the send
+    // time (the last moment etcd is known to have been in contact) is the deadline less that.
+    let ttl = s.config.lease_ttl;
+    let validity = ttl.saturating_sub(crate::election::margin(ttl));
+    let contact = lease
+        .and_then(|l| l.valid_until.checked_sub(validity))
+        .map_or(-1.0, |sent| {
+            now.saturating_duration_since(sent).as_secs_f64()
+        });
+    m.etcd_last_contact.set(contact);
+    m.leader_overridden
+        .set(i64::from(s.leader_override.load(Ordering::SeqCst)));
+    m.election_stopped.set(i64::from(st.election_stopped));
+    m.etcd_reachable.set(i64::from(st.etcd_reachable));
 }

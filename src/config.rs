@@ -25,7 +25,7 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 #[derive(Debug, Parser)]
 #[command(
     name = "op-sidecar",
-    version,
+    version = crate::status::LONG_VERSION,
     about = "High-availability sidecar for OP Stack sequencers, backed by etcd"
 )]
 pub struct Cli {
@@ -39,6 +39,8 @@ pub enum Command {
     Run(Args),
     /// Print the effective configuration (after flags, env, file and defaults) as JSON and exit.
     Config(Args),
+    /// Operator CLI: see and steer the cluster through any sidecar's JSON-RPC.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Raw settings as given on the command line or in the environment. Values stay strings here so
@@ -73,6 +75,37 @@ pub struct Args {
     /// Timeout of one etcd request [default: 2s].
     #[arg(long = "etcd.timeout", env = "OP_SIDECAR_ETCD_TIMEOUT")]
     pub etcd_timeout: Option<String>,
+    /// CA bundle (PEM) that signed the etcd servers' certificates; required with https:// endpoints.
+    #[arg(
+        long = "etcd.tls.ca",
+        env = "OP_SIDECAR_ETCD_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub etcd_tls_ca: Option<String>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs etcd.tls.key.
+    #[arg(
+        long = "etcd.tls.cert",
+        env = "OP_SIDECAR_ETCD_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub etcd_tls_cert: Option<String>,
+    /// Private key (PEM) of etcd.tls.cert.
+    #[arg(
+        long = "etcd.tls.key",
+        env = "OP_SIDECAR_ETCD_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub etcd_tls_key: Option<String>,
+    /// etcd user (RBAC); the password comes from etcd.password-file or OP_SIDECAR_ETCD_PASSWORD.
+    #[arg(long = "etcd.username", env = "OP_SIDECAR_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// File holding the etcd user's password (trailing newline ignored); never logged.
+    #[arg(
+        long = "etcd.password-file",
+        env = "OP_SIDECAR_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub etcd_password_file: Option<String>,
     /// JSON-RPC listen address [default: 127.0.0.1].
     #[arg(long = "rpc.addr", env = "OP_SIDECAR_RPC_ADDR")]
     pub rpc_addr: Option<String>,
@@ -100,6 +133,16 @@ pub struct Args {
     /// Most bytes buffered for request bodies and proxied answers across all connections, besides a reserve for op-node's calls [default: 67108864].
     #[arg(long = "rpc.max-buffered", env = "OP_SIDECAR_RPC_MAX_BUFFERED")]
     pub rpc_max_buffered: Option<String>,
+    /// File with the 32-byte hex JWT secret control calls must be signed with; generated (mode 0600) if absent. Unset: no authentication.
+    #[arg(
+        long = "rpc.jwt-secret",
+        env = "OP_SIDECAR_RPC_JWT_SECRET",
+        value_name = "FILE"
+    )]
+    pub rpc_jwt_secret: Option<String>,
+    /// Require a token for control methods when rpc.jwt-secret is set; false trusts the network (e.g. for op-conductor-ops) [default: true].
+    #[arg(long = "rpc.auth-control", env = "OP_SIDECAR_RPC_AUTH_CONTROL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub rpc_auth_control: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics) address [default: 127.0.0.1].
     #[arg(long = "admin.addr", env = "OP_SIDECAR_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
@@ -241,6 +284,45 @@ pub fn conductor_env_name(setting: &str) -> Option<&'static str> {
     })
 }
 
+/// TLS to etcd: the CA that signed its servers and, for mutual TLS, our certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// etcd RBAC credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: Secret,
+    /// Where the password came from, for messages (never the password itself).
+    pub source: String,
+}
+
+/// A value that never reaches a log line, `Debug` output or `op-sidecar config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Env var holding the etcd password when no password file is given.
+pub const ETCD_PASSWORD_ENV: &str = "OP_SIDECAR_ETCD_PASSWORD";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -267,6 +349,8 @@ pub struct Config {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
     pub etcd_timeout: Duration,
+    pub etcd_tls: Option<EtcdTls>,
+    pub etcd_user: Option<EtcdUser>,
     pub rpc_addr: IpAddr,
     pub rpc_port: u16,
     pub rpc_advertise: String,
@@ -276,6 +360,8 @@ pub struct Config {
     pub rpc_max_conns: usize,
     pub rpc_max_conns_per_ip: usize,
     pub rpc_max_buffered: usize,
+    pub rpc_jwt_secret: Option<PathBuf>,
+    pub rpc_auth_control: bool,
     pub admin_addr: IpAddr,
     pub admin_port: u16,
     pub lease_ttl: Duration,
@@ -337,6 +423,157 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (expected e.g. 500ms, 2s or a whole number of seconds)"))
 }
 
+/// An etcd client URL: http:// or https://, with no credentials in it (they would be logged and
+/// etcd-client ignores them).
+fn parse_etcd_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme {other} is not supported, use http:// or https://"
+            ))
+        }
+        None => {
+            return Err("missing scheme, expected http://host:port or https://host:port".into())
+        }
+    }
+    let Some(auth) = uri.authority() else {
+        return Err("missing host".into());
+    };
+    if auth.as_str().contains('@') {
+        return Err(
+            "credentials in the URL are not supported: use etcd.username and etcd.password-file"
+                .into(),
+        );
+    }
+    if auth.host().is_empty() {
+        return Err("missing host".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+/// A refused endpoint list is echoed in the error: never with a password in it.
+fn redact_url_credentials(e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            setting,
+            value,
+            origin,
+            reason,
+        } => {
+            let value = value
+                .split(',')
+                .map(|u| match (u.find("://"), u.find('@')) {
+                    (Some(i), Some(j)) if j > i => format!("{}<redacted>{}", &u[..i + 3], &u[j..]),
+                    _ => u.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            ConfigError::Invalid {
+                setting,
+                value,
+                origin,
+                reason,
+            }
+        }
+        other => other,
+    }
+}
+
+fn readable_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim());
+    std::fs::File::open(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn etcd_tls_settings(
+    r: &Resolver,
+    args: &Args,
+    endpoints: &[String],
+) -> Result<Option<EtcdTls>, ConfigError> {
+    let ca = r.optional("etcd.tls.ca", &args.etcd_tls_ca, readable_file)?;
+    let cert = r.optional("etcd.tls.cert", &args.etcd_tls_cert, readable_file)?;
+    let key = r.optional("etcd.tls.key", &args.etcd_tls_key, readable_file)?;
+    let https = endpoints.iter().any(|e| e.starts_with("https://"));
+    let invalid = |setting: &'static str, reason: &str| ConfigError::Invalid {
+        setting,
+        value: String::new(),
+        origin: Origin::FlagOrEnv,
+        reason: reason.to_string(),
+    };
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("etcd.tls.key", "etcd.tls.cert needs its key")),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "etcd.tls.cert",
+                "etcd.tls.key needs its certificate",
+            ))
+        }
+    };
+    match (https, ca) {
+        (false, None) if identity.is_none() => Ok(None),
+        (false, _) => Err(invalid(
+            "etcd.endpoints",
+            "TLS settings are given but the endpoints are http://; use https://",
+        )),
+        (true, None) => Err(invalid(
+            "etcd.tls.ca",
+            "https:// endpoints need the CA bundle that signed the etcd servers' certificates",
+        )),
+        (true, Some(ca)) => Ok(Some(EtcdTls { ca, identity })),
+    }
+}
+
+fn etcd_user_settings(r: &Resolver, args: &Args) -> Result<Option<EtcdUser>, ConfigError> {
+    let name = r.optional("etcd.username", &args.etcd_username, |s| {
+        let s = s.trim();
+        if s.is_empty() {
+            Err("must not be empty".to_string())
+        } else {
+            Ok(s.to_string())
+        }
+    })?;
+    let from_file = r.optional("etcd.password-file", &args.etcd_password_file, |s| {
+        let p = PathBuf::from(s.trim());
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        // Files written with `echo` end with a newline that is not part of the password.
+        let pw = text.trim_end_matches(['\n', '\r']).to_string();
+        Ok((pw, format!("file {}", p.display())))
+    })?;
+    let password = from_file.or_else(|| {
+        std::env::var(ETCD_PASSWORD_ENV)
+            .ok()
+            .map(|pw| (pw, format!("env {ETCD_PASSWORD_ENV}")))
+    });
+    match (name, password) {
+        (None, None) => Ok(None),
+        (Some(name), Some((pw, source))) => Ok(Some(EtcdUser {
+            name,
+            password: Secret::new(pw),
+            source,
+        })),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            setting: "etcd.password-file",
+            value: String::new(),
+            origin: Origin::Default,
+            reason: format!(
+                "etcd.username is set: give the password in a file or in {ETCD_PASSWORD_ENV}"
+            ),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            setting: "etcd.username",
+            value: String::new(),
+            origin: Origin::Default,
+            reason: "a password is given (etcd.password-file or env) but no user name".into(),
+        }),
+    }
+}
+
 fn parse_http_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
@@ -389,6 +626,11 @@ const SETTINGS: &[&str] = &[
     "etcd.endpoints",
     "etcd.prefix",
     "etcd.timeout",
+    "etcd.tls.ca",
+    "etcd.tls.cert",
+    "etcd.tls.key",
+    "etcd.username",
+    "etcd.password-file",
     "rpc.addr",
     "rpc.port",
     "rpc.advertise",
@@ -398,6 +640,8 @@ const SETTINGS: &[&str] = &[
     "rpc.max-conns",
     "rpc.max-conns-per-ip",
     "rpc.max-buffered",
+    "rpc.jwt-secret",
+    "rpc.auth-control",
     "admin.addr",
     "admin.port",
     "lease.ttl",
@@ -523,23 +767,29 @@ impl Config {
             .optional("node.advertise", &args.node_advertise, parse_http_url)?
             .unwrap_or_else(|| node_rpc.clone());
         let execution_rpc = r.get("execution.rpc", &args.execution_rpc, None, parse_http_url)?;
-        let etcd_endpoints = r.get(
-            "etcd.endpoints",
-            &args.etcd_endpoints,
-            Some("http://127.0.0.1:2379"),
-            |s| {
-                let list: Vec<String> = s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .map(parse_http_url)
-                    .collect::<Result<_, _>>()?;
-                if list.is_empty() {
-                    return Err("at least one endpoint is required".into());
-                }
-                Ok(list)
-            },
-        )?;
+        let etcd_endpoints = r
+            .get(
+                "etcd.endpoints",
+                &args.etcd_endpoints,
+                Some("http://127.0.0.1:2379"),
+                |s| {
+                    let list: Vec<String> = s
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(parse_etcd_url)
+                        .collect::<Result<_, _>>()?;
+                    if list.is_empty() {
+                        return Err("at least one endpoint is required".into());
+                    }
+                    let https = list.iter().filter(|e| e.starts_with("https://")).count();
+                    if https != 0 && https != list.len() {
+                        return Err("mix of http:// and https:// endpoints; use one scheme".into());
+                    }
+                    Ok(list)
+                },
+            )
+            .map_err(redact_url_credentials)?;
         let etcd_prefix = r.get(
             "etcd.prefix",
             &args.etcd_prefix,
@@ -556,6 +806,8 @@ impl Config {
         let etcd_timeout = r.get("etcd.timeout", &args.etcd_timeout, Some("2s"), |s| {
             parse_duration(s).and_then(positive)
         })?;
+        let etcd_tls = etcd_tls_settings(&r, args, &etcd_endpoints)?;
+        let etcd_user = etcd_user_settings(&r, args)?;
         let rpc_addr = r.get(
             "rpc.addr",
             &args.rpc_addr,
@@ -632,6 +884,22 @@ impl Config {
                     Ok(n)
                 }
             },
+        )?;
+        let rpc_jwt_secret = r.optional("rpc.jwt-secret", &args.rpc_jwt_secret, |s| {
+            let p = PathBuf::from(s.trim());
+            // A missing file is generated at start; a missing directory is a mistake.
+            match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => {
+                    Err(format!("directory {} does not exist", d.display()))
+                }
+                _ => Ok(p),
+            }
+        })?;
+        let rpc_auth_control = r.get(
+            "rpc.auth-control",
+            &args.rpc_auth_control,
+            Some("true"),
+            parse_bool,
         )?;
         let admin_addr = r.get(
             "admin.addr",
@@ -745,6 +1013,8 @@ impl Config {
             etcd_endpoints,
             etcd_prefix,
             etcd_timeout,
+            etcd_tls,
+            etcd_user,
             rpc_addr,
             rpc_port,
             rpc_advertise,
@@ -754,6 +1024,8 @@ impl Config {
             rpc_max_conns,
             rpc_max_conns_per_ip,
             rpc_max_buffered,
+            rpc_jwt_secret,
+            rpc_auth_control,
             admin_addr,
             admin_port,
             lease_ttl,
@@ -782,6 +1054,12 @@ impl Config {
             "etcd.endpoints": self.etcd_endpoints,
             "etcd.prefix": self.etcd_prefix,
             "etcd.timeout": d(self.etcd_timeout),
+            "etcd.tls.ca": self.etcd_tls.as_ref().map(|t| t.ca.display().to_string()),
+            "etcd.tls.cert": self.etcd_tls.as_ref().and_then(|t| t.identity.as_ref()).map(|(c, _)| c.display().to_string()),
+            "etcd.tls.key": self.etcd_tls.as_ref().and_then(|t| t.identity.as_ref()).map(|(_, k)| k.display().to_string()),
+            "etcd.username": self.etcd_user.as_ref().map(|u| u.name.clone()),
+            // Only where the password comes from, never the password.
+            "etcd.password": self.etcd_user.as_ref().map(|u| format!("<redacted> (from {})", u.source)),
             "rpc.addr": self.rpc_addr.to_string(),
             "rpc.port": self.rpc_port,
             "rpc.advertise": self.rpc_advertise,
@@ -791,6 +1069,8 @@ impl Config {
             "rpc.max-conns": self.rpc_max_conns,
             "rpc.max-conns-per-ip": self.rpc_max_conns_per_ip,
             "rpc.max-buffered": self.rpc_max_buffered,
+            "rpc.jwt-secret": self.rpc_jwt_secret.as_ref().map(|p| p.display().to_string()),
+            "rpc.auth-control": self.rpc_auth_control,
             "admin.addr": self.admin_addr.to_string(),
             "admin.port": self.admin_port,
             "lease.ttl": d(self.lease_ttl),
@@ -1029,5 +1309,60 @@ mod tests {
     fn paused_flag_forms() {
         assert!(parse(&with(&["--paused"])).expect("valid").paused);
         assert!(!parse(&with(&["--paused=false"])).expect("valid").paused);
+    }
+
+    #[test]
+    fn etcd_security_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").expect("write");
+        let pw = pw.display().to_string();
+        let with = |extra: &[&str]| {
+            let mut v = BASE.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(&["--etcd.username", "u", "--etcd.password-file", &pw]).expect("valid");
+        let user = c.etcd_user.clone().expect("user");
+        assert_eq!(user.password.expose(), "s3cret");
+        let shown = format!("{} {:?}", c.to_json(), c);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+
+        let e = with(&["--etcd.username", "u"]).unwrap_err().to_string();
+        assert!(e.contains("password"), "{e}");
+        let e = with(&["--etcd.endpoints", "http://u:pw@127.0.0.1:2379"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd.username"), "{e}");
+        assert!(!e.contains("u:pw"), "{e}");
+        let e = with(&["--etcd.endpoints", "https://127.0.0.1:2379"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd.tls.ca"), "{e}");
+        let e = with(&["--etcd.tls.ca", &pw]).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        let c = with(&[
+            "--etcd.endpoints",
+            "https://127.0.0.1:2379",
+            "--etcd.tls.ca",
+            &pw,
+        ])
+        .expect("valid");
+        assert!(c.etcd_tls.is_some());
+    }
+
+    #[test]
+    fn jwt_settings() {
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(&["--rpc.jwt-secret", "/tmp/x.hex"]);
+        let c = parse(&v).expect("valid");
+        assert!(c.rpc_auth_control);
+        assert_eq!(c.rpc_jwt_secret, Some(PathBuf::from("/tmp/x.hex")));
+        v.extend_from_slice(&["--rpc.auth-control=false"]);
+        assert!(!parse(&v).expect("valid").rpc_auth_control);
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(&["--rpc.jwt-secret", "/no/such/dir/x.hex"]);
+        assert!(parse(&v).is_err());
     }
 }

@@ -199,6 +199,12 @@ impl Controller {
                 }
                 if paused != self.paused {
                     tracing::info!(paused, "pause state changed by operator");
+                    if !paused && self.term.is_some() {
+                        // Health may move a leader again only a grace period after it resumes:
+                        // while paused its node may have been stopped or force-started, and its
+                        // health filter is still catching up.
+                        self.leading_since = Some(Instant::now());
+                    }
                 }
                 self.paused = paused;
                 self.publish(|s| s.paused = paused);
@@ -252,9 +258,13 @@ impl Controller {
                 rpc: v.members.get(&l.id).map(|m| m.rpc.clone()),
             })
         });
+        let election_stopped = view.as_ref().map(|v| v.election_stopped);
         self.publish(|s| {
             if let Some(l) = leader {
                 s.leader = l;
+            }
+            if let Some(stopped) = election_stopped {
+                s.election_stopped = stopped;
             }
             s.etcd_reachable = view.is_some();
             s.node_active = active;
@@ -484,7 +494,8 @@ impl Controller {
             None if floor > 0 => self.wait_for_height(floor).await?,
             None => tracing::info!("no recorded head: bootstrapping from the local unsafe head"),
         }
-        self.start_node(term, target.as_ref()).await
+        let committed = Some(view.head.as_ref().map(HeadRecord::block));
+        self.start_node(term, target.as_ref(), committed).await
     }
 
     /// Waits until the local node has `t` on its canonical chain and its head is at least
@@ -583,10 +594,13 @@ impl Controller {
     /// Conductor mode: the start head is first recorded as the committed head (fenced), so the
     /// next commit extends what the node really has (a stale record, left by an override, a
     /// switch from sidecar-driven mode or an old etcd snapshot, would refuse every commit).
+    /// `committed`: the committed head record (`Some(None)`: the store has none; `None`: not
+    /// known, etcd could not be read).
     async fn start_node(
         &mut self,
         term: &Term,
         target: Option<&BlockId>,
+        committed: Option<Option<BlockId>>,
     ) -> Result<BlockId, String> {
         let l = &term.leadership;
         // op-node asks conductor_leader inside admin_startSequencer: the gate must already be up.
@@ -608,7 +622,7 @@ impl Controller {
                 }
             }
             if self.mode == Mode::Conductor {
-                self.record_start_head(l, &head, target).await?;
+                self.record_start_head(l, &head, committed.as_ref()).await?;
             }
             // The start must reach op-node with enough of the lease left that it acts on it
             // before etcd can expire the lease (S1), whatever the node's latency.
@@ -648,22 +662,24 @@ impl Controller {
         Err("admin_startSequencer kept failing".into())
     }
 
-    /// Conductor mode: record `head` (verified to contain the committed head `target`) as the
-    /// committed head of this epoch, in one fenced Txn; the committer re-reads it. Nothing to
-    /// do when the node starts exactly at the committed head, or on an empty store (the first
-    /// commit then needs no parent).
+    /// Conductor mode: record `head` (verified to contain the recorded head) as the committed
+    /// head of this epoch, in one fenced Txn; the committer re-reads it. Nothing to do when the
+    /// committed head record is exactly `head`, or on an empty store (the first commit then
+    /// needs no parent). Compared with the committed head record itself, not with the target:
+    /// the target may be a newer stopped head (a node forced active by an operator), and the
+    /// stale committed record is exactly what must be replaced.
     async fn record_start_head(
         &self,
         l: &Leadership,
         head: &crate::sequencer::L2Ref,
-        target: Option<&BlockId>,
+        committed: Option<&Option<BlockId>>,
     ) -> Result<(), String> {
-        match target {
-            None => return Ok(()),
-            Some(t) if t.number == head.number && t.hash.eq_ignore_ascii_case(&head.hash) => {
+        match committed {
+            Some(None) => return Ok(()),
+            Some(Some(c)) if c.number == head.number && c.hash.eq_ignore_ascii_case(&head.hash) => {
                 return Ok(())
             }
-            Some(_) => {}
+            _ => {}
         }
         let rec = HeadRecord {
             number: head.number,
@@ -853,8 +869,15 @@ impl Controller {
                     }
                 }
             }
-            match self.start_node(term, target.as_ref()).await {
-                Ok(_) => self.restart_failing_since = None,
+            let committed = view
+                .as_ref()
+                .map(|v| v.head.as_ref().map(HeadRecord::block));
+            match self.start_node(term, target.as_ref(), committed).await {
+                Ok(_) => {
+                    self.restart_failing_since = None;
+                    // Its head is as old as the outage: the health grace starts again.
+                    self.leading_since = Some(Instant::now());
+                }
                 Err(why) => {
                     tracing::warn!(reason = %why, "could not restart sequencing");
                     // L2: a leader whose node cannot get back to the recorded head within the

@@ -11,6 +11,7 @@
 //! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`).
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
+//! - [`ctl`]: `op-sidecar ctl`, the operator CLI (a JSON-RPC client of any sidecar).
 
 pub mod admin;
 pub mod app;
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod election;
 pub mod health;
 pub mod metrics;

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use op_sidecar::config::{Cli, Command, Config, LogFormat, EXIT_CONFIG};
+use op_sidecar::election::AccessError;
+use op_sidecar::rpc::auth::SecretError;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -11,6 +13,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
+            let ctl = std::env::args().nth(1).as_deref() == Some("ctl");
+            // `ctl` with no command did not do what a script asked: usage, not success.
+            if ctl && e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(op_sidecar::ctl::EXIT_USAGE);
+            }
             if matches!(
                 e.kind(),
                 ErrorKind::DisplayHelp
@@ -23,12 +31,17 @@ fn main() -> ExitCode {
             // One clear line: clap's first line names the flag; usage follows on request.
             let msg = e.to_string();
             eprintln!("{}", msg.lines().next().unwrap_or("invalid command line"));
+            // `ctl` promises scripts exit code 2 for usage errors.
+            if ctl {
+                return ExitCode::from(op_sidecar::ctl::EXIT_USAGE);
+            }
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
     let (args, print_only) = match cli.command {
         Command::Run(a) => (a, false),
         Command::Config(a) => (a, true),
+        Command::Ctl(a) => return run_ctl(a),
     };
     let config = match Config::from_args(&args) {
         Ok(c) => c,
@@ -63,7 +76,30 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "op-sidecar failed");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Wrong TLS files, credentials, permissions or JWT secret: a configuration error.
+            let config_error = e.chain().any(|c| {
+                c.downcast_ref::<AccessError>()
+                    .is_some_and(AccessError::is_config)
+                    || c.is::<SecretError>()
+            });
+            if config_error {
+                ExitCode::from(EXIT_CONFIG as u8)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run_ctl(args: op_sidecar::ctl::CtlArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(op_sidecar::ctl::run(args))),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(op_sidecar::ctl::EXIT_FAILED)
         }
     }
 }

@@ -331,6 +331,7 @@ mod tests {
             healthy: true,
             problems: vec![],
             head: Some(block(n)),
+            head_time: None,
             reachable: true,
         }
     }
@@ -340,6 +341,7 @@ mod tests {
             healthy: false,
             problems: vec![Problem::NodeUnreachable("connection refused".into())],
             head: None,
+            head_time: None,
             reachable: false,
         }
     }
@@ -352,6 +354,7 @@ mod tests {
                 limit_secs: 5,
             }],
             head: Some(block(n)),
+            head_time: None,
             reachable: true,
         }
     }
@@ -445,6 +448,7 @@ mod tests {
             healthy: false,
             problems: vec![],
             head: Some(block(10)),
+            head_time: None,
             reachable: true,
         };
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));

@@ -16,6 +16,15 @@ use crate::rpc::client::HttpClient;
 use crate::sequencer::NodeClient;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The short git commit the binary was built from ("unknown" when built without git).
+pub const COMMIT: &str = env!("OP_SIDECAR_GIT_COMMIT");
+/// `--version`'s text: the version and the commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OP_SIDECAR_GIT_COMMIT"),
+    ")"
+);
 
 /// How op-node is driven, detected with `admin_conductorEnabled` at each handover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +52,8 @@ pub struct Status {
     pub etcd_reachable: bool,
     /// The leader in the latest view, with its advertised RPC URL; for routing proxied calls.
     pub leader: Option<LeaderRef>,
+    /// The election is stopped (as of the latest view read from etcd).
+    pub election_stopped: bool,
     /// The control loop has completed at least one tick.
     pub started: bool,
     /// Stopped by `conductor_stop`: acts no more until restarted.
@@ -61,6 +72,7 @@ impl Status {
             node_active: None,
             etcd_reachable: false,
             leader: None,
+            election_stopped: false,
             started: false,
             stopped: false,
             shutting_down: false,

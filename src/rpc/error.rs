@@ -67,6 +67,9 @@ pub enum RpcError {
     /// A listener limit (buffered bytes, permits, answer size) refused the call; nothing changed.
     #[error("{0}")]
     LimitExceeded(String),
+    /// A control method without a valid token while a JWT secret is configured; nothing changed.
+    #[error("{0}")]
+    Unauthorized(#[from] super::auth::TokenError),
 }
 
 impl From<&RpcError> for ErrorObject {
@@ -82,6 +85,7 @@ impl From<&RpcError> for ErrorObject {
             RpcError::Upstream(obj) => obj.clone(),
             RpcError::Timeout(_) => ErrorObject::new(SERVER_ERROR, e.to_string()),
             RpcError::LimitExceeded(msg) => ErrorObject::new(LIMIT_EXCEEDED, msg.clone()),
+            RpcError::Unauthorized(_) => ErrorObject::new(super::auth::UNAUTHORIZED, e.to_string()),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::client::{AnswerGate, CallError};
-use super::server::FORWARDED;
 use crate::commit::CommitError;
 
 use super::error::RpcError;
@@ -21,7 +20,7 @@ use crate::status::{Command, Shared, VERSION};
 use crate::transfer::{self, TransferError};
 
 /// Every method name answered here, for metric labels (unknown names are folded into one label).
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "coordinator_getMaster",
     "coordinator_getActiveSequencer",
     "coordinator_setMaster",
@@ -60,6 +59,7 @@ const KNOWN: &[&str] = &[
     "health_status",
     "rpc_modules",
     "miner_setMaxDASize",
+    "sidecar_status",
 ];
 
 pub fn is_known(method: &str) -> bool {
@@ -335,6 +335,12 @@ pub async fn call(
             Ok(raw_null())
         }
         "miner_setMaxDASize" => set_max_da_size(s, p, ctx.forwarded).await,
+        // This sidecar's own view, from memory (no etcd or node call): `op-sidecar ctl status`
+        // asks every member for it.
+        "sidecar_status" => {
+            let () = no_params(p)?;
+            ok(local_status(s))
+        }
         "conductor_leaderWithID" => {
             let () = no_params(p)?;
             let leader = s.election.leader().await.map_err(etcd)?;
@@ -536,12 +542,12 @@ async fn set_max_da_size(
                 .map(|m| m.rpc.clone())
                 .collect();
             let calls = peers.iter().map(|url| {
-                s.http.call_raw_with(
+                s.http.call_peer(
                     url,
                     "miner_setMaxDASize",
                     &params,
-                    &[(FORWARDED, "1")],
                     timeout,
+                    &super::client::Ungated,
                 )
             });
             for (url, r) in peers
@@ -557,6 +563,41 @@ async fn set_max_da_size(
     local.map_err(|e| match e {
         CallError::Rpc(obj) => RpcError::Upstream(obj),
         other => RpcError::Server(format!("op-geth: {other}")),
+    })
+}
+
+/// `sidecar_status`: what this sidecar knows about itself, copied out of the watch channels.
+fn local_status(s: &Shared) -> serde_json::Value {
+    let st = s.status_now();
+    let health = s.health_now();
+    let leading = s.leader_now();
+    let lease_left = (*s.lease.borrow()).map(|l| {
+        l.valid_until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as u64
+    });
+    json!({
+        "id": s.config.server_id,
+        "version": VERSION,
+        "commit": crate::status::COMMIT,
+        "role": format!("{:?}", st.role).to_lowercase(),
+        "leader": leading.is_some(),
+        "epoch": leading.map(|l| l.epoch),
+        "paused": st.paused,
+        "stopped": st.stopped,
+        "healthy": health.healthy,
+        "problems": health.summary(),
+        "node_reachable": health.reachable,
+        "unsafe_head": health.head.as_ref().map(|h| json!({
+            "number": h.number,
+            "hash": h.hash,
+            "timestamp": health.head_time,
+        })),
+        "election_stopped": st.election_stopped,
+        "leader_overridden": s.leader_override.load(Ordering::SeqCst),
+        "etcd_reachable": st.etcd_reachable,
+        "lease_time_left_ms": lease_left,
+        "mode": format!("{:?}", st.mode).to_lowercase(),
     })
 }
 

@@ -7,7 +7,6 @@ use serde_json::value::RawValue;
 use super::client::CallError;
 use super::error::RpcError;
 use super::methods::CallCtx;
-use super::server::FORWARDED;
 use crate::status::Shared;
 
 /// Which of the leader's processes answers a method.
@@ -66,14 +65,7 @@ pub async fn forward(
                 )));
             };
             s.http
-                .call_raw_gated(
-                    &url,
-                    method,
-                    params,
-                    &[(FORWARDED, "1")],
-                    FORWARD_TIMEOUT,
-                    ctx.gate,
-                )
+                .call_peer(&url, method, params, FORWARD_TIMEOUT, ctx.gate)
                 .await
                 .map_err(upstream_error)
         }

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::auth;
 use super::client::AnswerGate;
 use super::error::{ErrorObject, RpcError};
 use super::limits::{peek_class, BytesError, Charge, Class, Conn, Limits};
@@ -112,7 +113,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             let (shared, limits, conn) = (shared.clone(), limits.clone(), conn.clone());
             service_fn(move |req| {
                 let (shared, limits, conn) = (shared.clone(), limits.clone(), conn.clone());
-                async move { Ok::<_, Infallible>(handle_http(&shared, &limits, &conn, req).await) }
+                async move { Ok::<_, Infallible>(handle_http(&shared, &limits, &conn, peer, req).await) }
             })
         };
         let served = builder
@@ -344,6 +345,7 @@ async fn handle_http(
     shared: &Shared,
     limits: &Limits,
     conn: &Arc<Conn>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> HttpResponse<AnswerBody> {
     conn.request_started();
@@ -364,6 +366,10 @@ async fn handle_http(
         return resp;
     }
     let forwarded = req.headers().contains_key(FORWARDED);
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().map(str::to_string).unwrap_or_default());
     let max = limits.max_body;
     // The body is read under its own deadline and byte budget BEFORE a request permit is taken:
     // a client that sends slowly holds no permit, and only bytes it has announced or sent.
@@ -399,6 +405,13 @@ async fn handle_http(
         }
     };
     let class = peek_class(&body).unwrap_or(Class::General);
+    // Checked before a permit is taken: a refused call costs no more than reading it. op-node's
+    // own single calls (all open) skip the second parse of their payload.
+    if class != Class::Critical {
+        if let Err(refused) = authorize(shared, &body, authorization.as_deref(), peer) {
+            return refused;
+        }
+    }
     let Some(permit) = limits
         .permits
         .acquire(class, Instant::now() + shared.config.rpc_timeout)
@@ -427,6 +440,83 @@ async fn handle_http(
             resp
         }
     }
+}
+
+/// The method and id of one call, read without decoding its params.
+#[derive(serde::Deserialize)]
+struct CallHead {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    id: Option<Box<RawValue>>,
+}
+
+/// Applies the per-method policy (`auth::access`) to a single call or a whole batch: a batch
+/// with any control method needs the token, so a control call cannot hide among open ones.
+/// Logs who made each control call. A refusal answers HTTP 401 and runs nothing.
+#[allow(clippy::result_large_err)]
+fn authorize(
+    shared: &Shared,
+    body: &[u8],
+    authorization: Option<&str>,
+    peer: SocketAddr,
+) -> Result<(), HttpResponse<AnswerBody>> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    // Bodies that do not parse carry no control call; the normal path answers their error.
+    let heads: Vec<CallHead> = if first == Some(&b'[') {
+        serde_json::from_slice::<Vec<&RawValue>>(body)
+            .map(|items| {
+                items
+                    .into_iter()
+                    // An item that is not a call object is answered as invalid, not run.
+                    .filter_map(|v| serde_json::from_str(v.get()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        serde_json::from_slice::<CallHead>(body)
+            .map(|h| vec![h])
+            .unwrap_or_default()
+    };
+    let control: Vec<&str> = heads
+        .iter()
+        .filter_map(|h| h.method.as_deref())
+        .filter(|m| auth::is_control(m))
+        .collect();
+    if control.is_empty() {
+        return Ok(());
+    }
+    let enforce = shared.config.rpc_auth_control;
+    let caller = match shared.http.cluster_secret() {
+        Some(secret) if enforce => match secret.verify_header(authorization) {
+            Ok(sub) => sub.unwrap_or_else(|| peer.to_string()),
+            Err(e) => {
+                tracing::warn!(%peer, methods = ?control, reason = %e, "control call refused");
+                let err = RpcError::from(e);
+                let body = if first == Some(&b'[') {
+                    error_body(&err)
+                } else {
+                    let id = heads
+                        .first()
+                        .and_then(|h| h.id.clone())
+                        .unwrap_or_else(raw_null);
+                    serde_json::to_vec(&Response::err(id, ErrorObject::from(&err)))
+                        .unwrap_or_default()
+                };
+                let mut resp = json_response(StatusCode::UNAUTHORIZED, body);
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return Err(resp);
+            }
+        },
+        _ => peer.to_string(),
+    };
+    for m in control {
+        tracing::info!(method = m, caller = %caller, "control call");
+    }
+    Ok(())
 }
 
 /// Reads a whole body by `deadline`, counting its bytes: a declared length is charged at once

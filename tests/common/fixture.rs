@@ -28,6 +28,8 @@ pub struct FixtureOpts {
     pub block_time: Duration,
     /// Conductor mode: node `i`'s conductor is sidecar `i`.
     pub conductor: bool,
+    /// etcd with client-certificate auth; the sidecars get the matching TLS flags.
+    pub etcd_tls: Option<std::sync::Arc<super::etcd::EtcdTls>>,
 }
 
 impl Default for FixtureOpts {
@@ -37,6 +39,7 @@ impl Default for FixtureOpts {
             flags: Vec::new(),
             block_time: Duration::from_secs(1),
             conductor: false,
+            etcd_tls: None,
         }
     }
 }
@@ -86,7 +89,7 @@ impl Fixture {
     /// each node already points at the URL its sidecar will serve), but no sidecar yet: for
     /// scenarios that act on the chain before the sidecars exist. Then [`Fixture::start_sidecars`].
     pub async fn start_without_sidecars(n: usize, opts: FixtureOpts) -> Self {
-        let etcd = Etcd::start().await;
+        let etcd = Etcd::start_with(opts.etcd_tls.clone()).await;
         let rpc_ports: Vec<Option<u16>> = (0..n)
             .map(|_| opts.conductor.then(super::free_port))
             .collect();
@@ -214,6 +217,13 @@ impl Fixture {
         );
         if let Some(port) = self.rpc_ports[i] {
             b = b.rpc_port(port);
+        }
+        if let Some(t) = &self.opts.etcd_tls {
+            let path = |p: &std::path::Path| p.display().to_string();
+            b = b
+                .flag("--etcd.tls.ca", &path(&t.ca))
+                .flag("--etcd.tls.cert", &path(&t.client_cert))
+                .flag("--etcd.tls.key", &path(&t.client_key));
         }
         for (name, value) in &self.opts.flags {
             b = b.flag(name, value);
@@ -439,7 +449,7 @@ impl Fixture {
 
     /// Value of `<prefix>/<suffix>` read with etcdctl, parsed as JSON.
     pub fn etcd_json(&self, suffix: &str) -> Option<Value> {
-        let raw = etcd::get_value(&self.etcd.client_url(), &self.key(suffix))?;
+        let raw = self.etcd.get(&self.key(suffix))?;
         Some(
             serde_json::from_str(&raw)
                 .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {raw}", self.key(suffix))),
