@@ -300,7 +300,7 @@ fn committed_head_line(ev: &Evidence) -> String {
                     .map(|b| format!("{} by {}", short(&b.hash), b.producer))
                     .collect();
                 format!(
-                    "NEVER PUBLISHED (height {n} holds {}): no node can reach it",
+                    "NOT PUBLISHED (height {n} holds {}): no node has it",
                     if at.is_empty() {
                         "nothing".to_string()
                     } else {

@@ -313,8 +313,6 @@ async fn campaign(mode: Mode, seed: u64, faults: usize) -> Result<(), String> {
         let _ = t.await;
     }
     let end_ms = now_ms();
-    let ledger = c.sim.ledger();
-    let report = ledger.check();
     let logs: Vec<PathBuf> = c.sidecars.iter().map(|s| s.log_path()).collect();
     let committed_head = {
         let (urls, key) = (c.etcd.client_urls(), format!("{}/head", c.prefix));
@@ -327,6 +325,11 @@ async fn campaign(mode: Mode, seed: u64, faults: usize) -> Result<(), String> {
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
     };
+    // The committed head was read first: a block is committed before its node inserts it, so
+    // give an in-flight insert a moment before the ledger is read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = c.sim.ledger();
+    let report = ledger.check();
     let ev = Evidence {
         mode,
         seed,
