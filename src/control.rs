@@ -118,6 +118,7 @@ impl Controller {
             // Long enough for a new leader's first blocks to make its head fresh and for the
             // health filter to see it.
             grace: h.unsafe_interval + h.interval * (h.failures + h.successes),
+            catchup: self.s.config.catchup_timeout,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct Timing {
     pub health_interval: Duration,
     /// How long a new leader's stale head is forgiven (its first blocks must make it fresh).
     pub grace: Duration,
+    /// The handover's catch-up bound (`--handover.catchup-timeout`).
+    pub catchup: Duration,
 }
 
 impl Timing {
@@ -38,6 +40,13 @@ impl Timing {
     /// itself before any healthy, caught-up candidate may take it (the chain must not halt).
     pub fn stopped_election_bound(&self) -> Duration {
         self.lease_ttl * 3
+    }
+
+    /// With no leader, how long a candidate behind the recorded head stands back for a member
+    /// that has it (found by the fault campaign: lagging winners each waited out the catch-up
+    /// bound in turn while the caught-up member could not get the lease).
+    pub fn catch_up_priority(&self) -> Duration {
+        self.catchup + self.lease_ttl * 2
     }
 }
 
@@ -277,6 +286,24 @@ pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     if !eligible {
         return Wait("node not eligible");
     }
+    // A candidate whose node lacks the recorded head would only wait out the catch-up bound
+    // and give way; while another eligible member already has it, that member goes first.
+    // Bounded, so a member whose record looks ready but never contends cannot hold us off.
+    if !named && since < i.timing.catch_up_priority() {
+        if let Some(recorded) = v.recorded_head() {
+            let mine = i.health.head.as_ref().map_or(0, |h| h.number);
+            let ahead = v.members.values().any(|m| {
+                m.id != i.me
+                    && !m.paused
+                    && (m.healthy || m.only_stale)
+                    && v.may_lead(&m.id)
+                    && m.head.as_ref().is_some_and(|h| h.number >= recorded.number)
+            });
+            if mine < recorded.number && ahead {
+                return Wait("behind the recorded head while a caught-up member can lead");
+            }
+        }
+    }
     Contend
 }
 
@@ -316,6 +343,7 @@ mod tests {
             lease_ttl: Duration::from_secs(3),
             health_interval: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            catchup: Duration::from_secs(10),
         }
     }
 
@@ -696,6 +724,40 @@ mod tests {
         led.membership = v.membership.clone();
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&led), Instant::now(), t0));
         assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_candidate_lets_a_caught_up_member_go_first() {
+        let t0 = Instant::now();
+        let mut v = leaderless("other");
+        v.election_stopped = false;
+        v.members.insert("b".into(), member("b", &stale(10)));
+        tokio::time::advance(timing().lease_ttl).await;
+        // We are at 7, the recorded head is 10, b has 10: b first.
+        let h = stale(7);
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // Caught up ourselves: contend.
+        let h10 = stale(10);
+        assert_eq!(
+            decide_follower(&i_with(&h10, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // Nobody has it: contend (and wait for the catch-up in the handover).
+        v.members.get_mut("b").expect("b").head = Some(block(8));
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // Bounded: after the priority window we contend even behind a ready member.
+        v.members.get_mut("b").expect("b").head = Some(block(10));
+        tokio::time::advance(timing().catch_up_priority()).await;
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
     }
 
     #[test]
