@@ -23,11 +23,31 @@ PREFIX=${PREFIX:-/op-sidecar/devnet}
 BLOCK_TIME=${BLOCK_TIME:-1s}
 state=${DEVNET_DIR:-$root/.devnet}
 
+# Every port this devnet binds, checked before anything is built or started.
+ports=("$ETCD_PORT" "$((ETCD_PORT + 1))" "$SIM_CONTROL")
+for ((i = 0; i < N; i++)); do
+  ports+=("$((SIM_BASE + 2 * i))" "$((SIM_BASE + 2 * i + 1))" "$((RPC_BASE + i))" "$((ADMIN_BASE + i))")
+done
+taken=()
+for p in "${ports[@]}"; do
+  # Something accepts connections there (bash's /dev/tcp: no extra tool needed).
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then taken+=("$p"); fi
+done
+if [ ${#taken[@]} -gt 0 ]; then
+  echo "error: port(s) ${taken[*]} already in use on 127.0.0.1 (another devnet still running?)." >&2
+  echo "Stop whatever listens there, or move the devnet: ETCD_PORT, SIM_BASE, SIM_CONTROL, RPC_BASE, ADMIN_BASE." >&2
+  exit 1
+fi
+
 bash deploy/ensure-deps.sh curl
 
-echo "building (release)..."
-cargo build --release --quiet --bin op-sidecar -p op-sidecar
-cargo build --release --quiet --bin op-node-sim -p op-node-sim
+# Cargo's own progress (one line per crate); the first build compiles ~300 crates.
+echo "building op-sidecar and the op-node simulator (release; the first build takes several minutes)..."
+if ! cargo build --release --bin op-sidecar -p op-sidecar --bin op-node-sim -p op-node-sim 2>&1 |
+  { grep --line-buffered -E '^ *(Compiling|Finished)|^error' || true; }; then
+  echo "build failed; run: cargo build --release --bin op-sidecar -p op-sidecar" >&2
+  exit 1
+fi
 bin="$root/target/release"
 
 rm -rf "$state"
@@ -90,9 +110,39 @@ for ((i = 0; i < N; i++)); do
   pids+=($!)
 done
 
+# "up" means a leader is producing: some sidecar answers /leader with 200 and its node's unsafe
+# head (op_sidecar_unsafe_head_number) moves.
+head_of() {
+  curl -sf "http://127.0.0.1:$((ADMIN_BASE + $1))/metrics" 2>/dev/null |
+    awk '$1 == "op_sidecar_unsafe_head_number" { print $2 }' || true
+}
+printf 'waiting for a leader to produce blocks'
+deadline=$((SECONDS + ${UP_TIMEOUT:-90}))
+leader=""
+while :; do
+  for ((i = 0; i < N; i++)); do
+    kill -0 "${pids[$((i + 2))]}" 2>/dev/null || { echo; echo "sidecar seq-$i exited:"; tail -5 "$state/sidecar-$i.log"; exit 1; }
+  done
+  for ((i = 0; i < N; i++)); do
+    if curl -sf -o /dev/null "http://127.0.0.1:$((ADMIN_BASE + i))/leader"; then
+      first=$(head_of "$i"); sleep 1.5; second=$(head_of "$i")
+      if [ -n "$first" ] && [ -n "$second" ] && [ "$second" -gt "$first" ]; then leader=$i; fi
+      break
+    fi
+  done
+  [ -n "$leader" ] && break
+  if [ $SECONDS -ge $deadline ]; then
+    echo; echo "error: no leader produced blocks within ${UP_TIMEOUT:-90}s; see the logs in $state" >&2
+    exit 1
+  fi
+  printf '.'
+  sleep 0.5
+done
+echo
+
 cat <<EOF
 
-op-sidecar devnet is up ($MODE mode, $N sequencers, block time $BLOCK_TIME). Logs: $state
+op-sidecar devnet is up ($MODE mode, $N sequencers, block time $BLOCK_TIME): seq-$leader leads and produces. Logs: $state
 
 EOF
 for ((i = 0; i < N; i++)); do
@@ -106,6 +156,9 @@ Watch the leader:
   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT elect -l $PREFIX/leader
   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT watch --prefix $PREFIX/leader/
   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT get --prefix $PREFIX/
+See and steer the cluster:
+  $bin/op-sidecar ctl --rpc http://127.0.0.1:$RPC_BASE status
+  $bin/op-sidecar ctl --rpc http://127.0.0.1:$RPC_BASE transfer seq-2
 Ask any sidecar:
   curl -s -XPOST -H 'content-type: application/json' http://127.0.0.1:$((RPC_BASE + 1)) -d '{"jsonrpc":"2.0","id":1,"method":"coordinator_getMaster","params":[]}'
   curl -s -XPOST -H 'content-type: application/json' http://127.0.0.1:$RPC_BASE -d '{"jsonrpc":"2.0","id":1,"method":"coordinator_setMaster","params":["seq-2"]}'

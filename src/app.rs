@@ -20,10 +20,11 @@ use crate::election::{self, Election, EtcdPool};
 use crate::health::{self, Health};
 use crate::maintenance::{self, EtcdStorage};
 use crate::metrics::Metrics;
+use crate::rpc::auth::JwtSecret;
 use crate::rpc::client::HttpClient;
 use crate::sequencer::NodeClient;
 use crate::state::Keys;
-use crate::status::{Shared, Status};
+use crate::status::{Heartbeat, Shared, Status};
 
 /// Binds the configured listeners and runs until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -57,10 +58,44 @@ pub async fn run_with_listeners(
 ) -> anyhow::Result<()> {
     tracing::info!(rpc = %rpc.local_addr()?, admin = %admin.local_addr()?, id = %config.server_id, prefix = %config.etcd_prefix, "op-sidecar starting");
     let pool = Arc::new(
-        EtcdPool::connect(&config.etcd_endpoints)
-            .await
-            .context("creating the etcd clients")?,
+        EtcdPool::connect(
+            &config.etcd_endpoints,
+            config.etcd_tls.as_ref(),
+            config.etcd_user.as_ref(),
+        )
+        .await?,
     );
+    // A wrong CA, certificate, password or role is fatal at start (exit 64); an etcd that is
+    // merely down is retried by the tasks as always.
+    if config.etcd_tls.is_some() || config.etcd_user.is_some() {
+        match pool
+            .check_access(
+                &config.etcd_prefix,
+                config.etcd_timeout,
+                config.etcd_user.as_ref(),
+                config
+                    .etcd_tls
+                    .as_ref()
+                    .is_some_and(|t| t.identity.is_some()),
+            )
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(tls = config.etcd_tls.is_some(), user = ?config.etcd_user.as_ref().map(|u| &u.name), "etcd access checked")
+            }
+            Err(e) if e.is_config() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd access not checked at start; retrying in the background")
+            }
+        }
+    }
+    let secret = match &config.rpc_jwt_secret {
+        Some(path) => Some(Arc::new(JwtSecret::load_or_generate(path)?)),
+        None => None,
+    };
+    if secret.is_some() && !config.rpc_auth_control {
+        tracing::warn!("rpc.auth-control=false: control methods are served without a token; only a trusted network must reach the RPC port");
+    }
     let keys = Keys::new(&config.etcd_prefix);
     let election = Election::new(
         pool.clone(),
@@ -68,7 +103,10 @@ pub async fn run_with_listeners(
         config.server_id.clone(),
         config.etcd_timeout,
     );
-    let http = HttpClient::new();
+    let http = match secret {
+        Some(s) => HttpClient::new().with_peer_auth(s, &config.server_id),
+        None => HttpClient::new(),
+    };
     let node = NodeClient::new(
         http.clone(),
         config.node_rpc.clone(),
@@ -101,11 +139,14 @@ pub async fn run_with_listeners(
         health_tx,
         background.clone(),
     ));
+    let control_beat = Arc::new(Heartbeat::default());
+    let lease_beat = Arc::new(Heartbeat::default());
     tasks.spawn(election::run_lease(
         pool.clone(),
         config.lease_ttl,
         config.etcd_timeout,
         lease_tx,
+        lease_beat.clone(),
         background.clone(),
     ));
     tasks.spawn(watch_changes(
@@ -127,6 +168,8 @@ pub async fn run_with_listeners(
         metrics: metrics.clone(),
         committer: Committer::new(),
         leader_override: AtomicBool::new(false),
+        control_beat,
+        lease_beat,
     });
     tasks.spawn(maintenance::run(
         shared.clone(),

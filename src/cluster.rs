@@ -7,7 +7,9 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use crate::election::{get_responses, leader_of, Election, ElectionError, LeaderInfo};
 use crate::sequencer::BlockId;
-use crate::state::{unix_ms, HeadRecord, MemberRecord, StoppedRecord, TransferRecord};
+use crate::state::{
+    unix_ms, HeadRecord, MemberRecord, Membership, Server, StoppedRecord, TransferRecord, VOTER,
+};
 
 /// A consistent snapshot of one chain's shared state (all read at one etcd revision).
 #[derive(Debug, Clone, Default)]
@@ -19,6 +21,9 @@ pub struct View {
     pub members: BTreeMap<String, MemberRecord>,
     pub election_stopped: bool,
     pub transfer: Option<TransferRecord>,
+    /// The configured membership and its key's mod revision (for compare-and-swap); None =
+    /// open membership (every live sidecar is a voter).
+    pub membership: Option<(Membership, i64)>,
 }
 
 impl View {
@@ -45,6 +50,11 @@ impl View {
     /// True when no leader ever recorded anything: the first start of a chain.
     pub fn store_empty(&self) -> bool {
         self.head.is_none() && self.stopped.is_none()
+    }
+
+    /// May `id` lead? Every live sidecar under open membership; configured voters otherwise.
+    pub fn may_lead(&self, id: &str) -> bool {
+        self.membership.as_ref().is_none_or(|(m, _)| m.is_voter(id))
     }
 
     pub fn leader_member(&self) -> Option<&MemberRecord> {
@@ -105,6 +115,9 @@ pub async fn read_view(e: &Election) -> Result<View, ElectionError> {
             view.election_stopped = true;
         } else if key == k.transfer() {
             view.transfer = decode(kv.key(), kv.value());
+        } else if key == k.membership() {
+            view.membership =
+                decode::<Membership>(kv.key(), kv.value()).map(|m| (m, kv.mod_revision()));
         }
     }
     Ok(view)
@@ -178,6 +191,77 @@ pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), Elec
     e.txn(txn).await.map(|_| ())
 }
 
+/// A membership change that could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error(
+        "membership version is {current}, not {given}: it changed meanwhile; re-read it and retry"
+    )]
+    Version { given: u64, current: u64 },
+    #[error("membership changed concurrently; retry")]
+    Raced,
+    #[error(transparent)]
+    Etcd(#[from] ElectionError),
+}
+
+/// The membership as `conductor_clusterMembership` reports it: the configured servers, or
+/// under open membership every live sidecar as a voter (version 0).
+pub fn effective_membership(v: &View) -> Membership {
+    match &v.membership {
+        Some((m, _)) => m.clone(),
+        None => Membership {
+            servers: v
+                .members
+                .values()
+                .map(|m| Server {
+                    id: m.id.clone(),
+                    addr: m.rpc.clone(),
+                    suffrage: VOTER,
+                })
+                .collect(),
+            version: 0,
+        },
+    }
+}
+
+/// Applies `change` to the membership in one compare-and-swap. The first change seeds the
+/// configured membership from the live sidecars (all voters), so a running cluster keeps its
+/// leader and candidates. `prev` is raft's prevIndex: 0 = any version. `change` returns
+/// whether it changed anything; an unchanged membership is not rewritten (idempotent, and the
+/// version stays).
+pub async fn update_membership(
+    e: &Election,
+    prev: u64,
+    change: impl Fn(&mut Vec<Server>) -> bool,
+) -> Result<Membership, MembershipError> {
+    let view = read_view(e).await?;
+    let mut m = effective_membership(&view);
+    if prev != 0 && prev != m.version {
+        return Err(MembershipError::Version {
+            given: prev,
+            current: m.version,
+        });
+    }
+    if !change(&mut m.servers) && view.membership.is_some() {
+        return Ok(m);
+    }
+    m.version += 1;
+    let value = serde_json::to_vec(&m).map_err(|err| ElectionError::Etcd(err.to_string()))?;
+    let key = e.keys().membership();
+    let cmp = match &view.membership {
+        Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
+        None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+    };
+    let txn = Txn::new()
+        .when(vec![cmp])
+        .and_then(vec![TxnOp::put(key, value, None)]);
+    if e.txn(txn).await?.succeeded() {
+        Ok(m)
+    } else {
+        Err(MembershipError::Raced)
+    }
+}
+
 /// Who an unhealthy leader hands over to: an unpaused member at most one block behind the
 /// reference head (ours or the recorded one), excluding `me`. Healthy members first; then members
 /// whose only problem is a stale head, because when the leader stops producing every follower's
@@ -191,7 +275,7 @@ pub fn best_candidate(view: &View, me: &str, my_head: Option<&BlockId>) -> Optio
         .unwrap_or(0);
     view.members
         .values()
-        .filter(|m| m.id != me && !m.paused && (m.healthy || m.only_stale))
+        .filter(|m| m.id != me && !m.paused && (m.healthy || m.only_stale) && view.may_lead(&m.id))
         .filter_map(|m| m.head.as_ref().map(|h| (m.healthy, h.number, m.id.clone())))
         .filter(|(_, n, _)| n + 1 >= reference)
         .max()

@@ -25,7 +25,7 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 #[derive(Debug, Parser)]
 #[command(
     name = "op-sidecar",
-    version,
+    version = crate::status::LONG_VERSION,
     about = "High-availability sidecar for OP Stack sequencers, backed by etcd"
 )]
 pub struct Cli {
@@ -39,6 +39,8 @@ pub enum Command {
     Run(Args),
     /// Print the effective configuration (after flags, env, file and defaults) as JSON and exit.
     Config(Args),
+    /// Operator CLI: see and steer the cluster through any sidecar's JSON-RPC.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Raw settings as given on the command line or in the environment. Values stay strings here so
@@ -48,8 +50,12 @@ pub struct Args {
     /// TOML config file; keys are the flag names (`server.id = "a"` or `[server]` / `id = "a"`).
     #[arg(long = "config", env = "OP_SIDECAR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Unique name of this sequencer in the cluster.
-    #[arg(long = "server.id", env = "OP_SIDECAR_SERVER_ID")]
+    /// Unique name of this sequencer in the cluster (op-conductor: `--raft.server.id`).
+    #[arg(
+        long = "server.id",
+        alias = "raft.server.id",
+        env = "OP_SIDECAR_SERVER_ID"
+    )]
     pub server_id: Option<String>,
     /// Local op-node RPC URL (admin_*, optimism_*, opp2p_*).
     #[arg(long = "node.rpc", env = "OP_SIDECAR_NODE_RPC")]
@@ -80,6 +86,37 @@ pub struct Args {
     /// not report it [default: 2147483648, etcd's own default].
     #[arg(long = "etcd.quota-bytes", env = "OP_SIDECAR_ETCD_QUOTA_BYTES")]
     pub etcd_quota_bytes: Option<String>,
+    /// CA bundle (PEM) that signed the etcd servers' certificates; required with https:// endpoints.
+    #[arg(
+        long = "etcd.tls.ca",
+        env = "OP_SIDECAR_ETCD_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub etcd_tls_ca: Option<String>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs etcd.tls.key.
+    #[arg(
+        long = "etcd.tls.cert",
+        env = "OP_SIDECAR_ETCD_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub etcd_tls_cert: Option<String>,
+    /// Private key (PEM) of etcd.tls.cert.
+    #[arg(
+        long = "etcd.tls.key",
+        env = "OP_SIDECAR_ETCD_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub etcd_tls_key: Option<String>,
+    /// etcd user (RBAC); the password comes from etcd.password-file or OP_SIDECAR_ETCD_PASSWORD.
+    #[arg(long = "etcd.username", env = "OP_SIDECAR_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// File holding the etcd user's password (trailing newline ignored); never logged.
+    #[arg(
+        long = "etcd.password-file",
+        env = "OP_SIDECAR_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub etcd_password_file: Option<String>,
     /// JSON-RPC listen address [default: 127.0.0.1].
     #[arg(long = "rpc.addr", env = "OP_SIDECAR_RPC_ADDR")]
     pub rpc_addr: Option<String>,
@@ -95,6 +132,28 @@ pub struct Args {
     /// Time limit for answering one JSON-RPC request [default: 10s].
     #[arg(long = "rpc.timeout", env = "OP_SIDECAR_RPC_TIMEOUT")]
     pub rpc_timeout: Option<String>,
+    /// Time limit to receive a request's headers, then its whole body; also how long a connection may stay idle [default: 10s].
+    #[arg(long = "rpc.read-timeout", env = "OP_SIDECAR_RPC_READ_TIMEOUT")]
+    pub rpc_read_timeout: Option<String>,
+    /// Most open JSON-RPC connections; past it the connection idle longest is closed [default: 1024].
+    #[arg(long = "rpc.max-conns", env = "OP_SIDECAR_RPC_MAX_CONNS")]
+    pub rpc_max_conns: Option<String>,
+    /// Most open JSON-RPC connections from one IP address (raise it behind a proxy) [default: 128].
+    #[arg(long = "rpc.max-conns-per-ip", env = "OP_SIDECAR_RPC_MAX_CONNS_PER_IP")]
+    pub rpc_max_conns_per_ip: Option<String>,
+    /// Most bytes buffered for request bodies and proxied answers across all connections, besides a reserve for op-node's calls [default: 67108864].
+    #[arg(long = "rpc.max-buffered", env = "OP_SIDECAR_RPC_MAX_BUFFERED")]
+    pub rpc_max_buffered: Option<String>,
+    /// File with the 32-byte hex JWT secret control calls must be signed with; generated (mode 0600) if absent. Unset: no authentication.
+    #[arg(
+        long = "rpc.jwt-secret",
+        env = "OP_SIDECAR_RPC_JWT_SECRET",
+        value_name = "FILE"
+    )]
+    pub rpc_jwt_secret: Option<String>,
+    /// Require a token for control methods when rpc.jwt-secret is set; false trusts the network (e.g. for op-conductor-ops) [default: true].
+    #[arg(long = "rpc.auth-control", env = "OP_SIDECAR_RPC_AUTH_CONTROL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub rpc_auth_control: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics) address [default: 127.0.0.1].
     #[arg(long = "admin.addr", env = "OP_SIDECAR_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
@@ -134,13 +193,146 @@ pub struct Args {
         env = "OP_SIDECAR_HANDOVER_CATCHUP_TIMEOUT"
     )]
     pub catchup_timeout: Option<String>,
-    /// Start paused: never contend and never touch the node until resumed.
+    /// Start paused (op-conductor's `--paused`): take no automatic action until resumed. A
+    /// paused sidecar still takes part in the election, but never starts or stops its node.
     #[arg(long = "paused", env = "OP_SIDECAR_PAUSED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub paused: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long = "log.format", env = "OP_SIDECAR_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Log level or tracing filter (`info`, `debug`, `info,op_sidecar=debug`); `RUST_LOG`, when
+    /// set, takes precedence [default: info].
+    #[arg(long = "log.level", env = "OP_SIDECAR_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// op-conductor flags with no meaning here (raft, its storage, its own proxy switches):
+    /// accepted so a copied command line starts, each reported once with what replaces it.
+    #[command(flatten)]
+    pub conductor_only: ConductorOnly,
 }
+
+/// op-conductor's flags that op-sidecar does not need; see [`ConductorOnly::replaced`].
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConductorOnly {
+    #[arg(long = "raft.bootstrap", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    raft_bootstrap: Option<String>,
+    #[arg(long = "raft.storage.dir", hide = true)]
+    raft_storage_dir: Option<String>,
+    #[arg(long = "raft.snapshot-interval", hide = true)]
+    raft_snapshot_interval: Option<String>,
+    #[arg(long = "raft.snapshot-threshold", hide = true)]
+    raft_snapshot_threshold: Option<String>,
+    #[arg(long = "raft.trailing-logs", hide = true)]
+    raft_trailing_logs: Option<String>,
+    #[arg(long = "raft.heartbeat-timeout", hide = true)]
+    raft_heartbeat_timeout: Option<String>,
+    #[arg(long = "raft.lease-timeout", hide = true)]
+    raft_lease_timeout: Option<String>,
+    #[arg(long = "consensus.addr", hide = true)]
+    consensus_addr: Option<String>,
+    #[arg(long = "consensus.port", hide = true)]
+    consensus_port: Option<String>,
+    #[arg(long = "consensus.advertised", hide = true)]
+    consensus_advertised: Option<String>,
+    #[arg(long = "healthcheck.safe-enabled", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    healthcheck_safe_enabled: Option<String>,
+    #[arg(long = "healthcheck.safe-interval", hide = true)]
+    healthcheck_safe_interval: Option<String>,
+    #[arg(long = "rpc.enable-admin", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    rpc_enable_admin: Option<String>,
+    #[arg(long = "rpc.enable-proxy", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    rpc_enable_proxy: Option<String>,
+}
+
+impl ConductorOnly {
+    /// One line per op-conductor-only flag given: what it was and what replaces it.
+    pub fn replaced(&self) -> Vec<String> {
+        let state =
+            "op-sidecar keeps the cluster state in etcd: use --etcd.endpoints and --etcd.prefix";
+        let raft_time = "leadership rests on an etcd lease: use --lease.ttl";
+        let table: [(&str, &Option<String>, &str); 14] = [
+            ("raft.bootstrap", &self.raft_bootstrap, "no bootstrap node is needed: the first sidecar on an empty store leads, and the membership is created by the first conductor_addServer* call (see README, Membership)"),
+            ("raft.storage.dir", &self.raft_storage_dir, state),
+            ("raft.snapshot-interval", &self.raft_snapshot_interval, state),
+            ("raft.snapshot-threshold", &self.raft_snapshot_threshold, state),
+            ("raft.trailing-logs", &self.raft_trailing_logs, state),
+            ("raft.heartbeat-timeout", &self.raft_heartbeat_timeout, raft_time),
+            ("raft.lease-timeout", &self.raft_lease_timeout, raft_time),
+            ("consensus.addr", &self.consensus_addr, state),
+            ("consensus.port", &self.consensus_port, state),
+            ("consensus.advertised", &self.consensus_advertised, "other sidecars find this one through --rpc.advertise"),
+            ("healthcheck.safe-enabled", &self.healthcheck_safe_enabled, "the safe-head lag check is not implemented; unsafe-head age and peers are checked"),
+            ("healthcheck.safe-interval", &self.healthcheck_safe_interval, "the safe-head lag check is not implemented; unsafe-head age and peers are checked"),
+            ("rpc.enable-admin", &self.rpc_enable_admin, "the admin methods (pause, resume, override, transfer, membership) are always served"),
+            ("rpc.enable-proxy", &self.rpc_enable_proxy, "the read proxy for op-batcher and op-proposer is always on"),
+        ];
+        table
+            .iter()
+            .filter(|(_, v, _)| v.is_some())
+            .map(|(flag, _, instead)| {
+                format!("--{flag} is an op-conductor setting with no effect here: {instead}")
+            })
+            .collect()
+    }
+}
+
+/// The op-conductor environment variable meaning the same as `setting`, if there is one; read
+/// when neither the flag nor its `OP_SIDECAR_*` variable is set, so an op-conductor deployment's
+/// environment can be reused.
+pub fn conductor_env_name(setting: &str) -> Option<&'static str> {
+    Some(match setting {
+        "server.id" => "OP_CONDUCTOR_RAFT_SERVER_ID",
+        "node.rpc" => "OP_CONDUCTOR_NODE_RPC",
+        "execution.rpc" => "OP_CONDUCTOR_EXECUTION_RPC",
+        "rpc.addr" => "OP_CONDUCTOR_RPC_ADDR",
+        "rpc.port" => "OP_CONDUCTOR_RPC_PORT",
+        "healthcheck.interval" => "OP_CONDUCTOR_HEALTHCHECK_INTERVAL",
+        "healthcheck.unsafe-interval" => "OP_CONDUCTOR_HEALTHCHECK_UNSAFE_INTERVAL",
+        "healthcheck.min-peer-count" => "OP_CONDUCTOR_HEALTHCHECK_MIN_PEER_COUNT",
+        "paused" => "OP_CONDUCTOR_PAUSED",
+        "log.format" => "OP_CONDUCTOR_LOG_FORMAT",
+        "log.level" => "OP_CONDUCTOR_LOG_LEVEL",
+        _ => return None,
+    })
+}
+
+/// TLS to etcd: the CA that signed its servers and, for mutual TLS, our certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// etcd RBAC credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: Secret,
+    /// Where the password came from, for messages (never the password itself).
+    pub source: String,
+}
+
+/// A value that never reaches a log line, `Debug` output or `op-sidecar config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Env var holding the etcd password when no password file is given.
+pub const ETCD_PASSWORD_ENV: &str = "OP_SIDECAR_ETCD_PASSWORD";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -171,11 +363,19 @@ pub struct Config {
     /// Zero: the sidecar never compacts etcd.
     pub etcd_compaction_interval: Duration,
     pub etcd_quota_bytes: u64,
+    pub etcd_tls: Option<EtcdTls>,
+    pub etcd_user: Option<EtcdUser>,
     pub rpc_addr: IpAddr,
     pub rpc_port: u16,
     pub rpc_advertise: String,
     pub rpc_max_body: usize,
     pub rpc_timeout: Duration,
+    pub rpc_read_timeout: Duration,
+    pub rpc_max_conns: usize,
+    pub rpc_max_conns_per_ip: usize,
+    pub rpc_max_buffered: usize,
+    pub rpc_jwt_secret: Option<PathBuf>,
+    pub rpc_auth_control: bool,
     pub admin_addr: IpAddr,
     pub admin_port: u16,
     pub lease_ttl: Duration,
@@ -183,6 +383,7 @@ pub struct Config {
     pub catchup_timeout: Duration,
     pub paused: bool,
     pub log_format: LogFormat,
+    pub log_level: String,
 }
 
 /// A setting that could not be used; `Display` is the one line an operator sees.
@@ -234,6 +435,157 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("{e} (expected e.g. 500ms, 2s or a whole number of seconds)"))
+}
+
+/// An etcd client URL: http:// or https://, with no credentials in it (they would be logged and
+/// etcd-client ignores them).
+fn parse_etcd_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(format!(
+                "scheme {other} is not supported, use http:// or https://"
+            ))
+        }
+        None => {
+            return Err("missing scheme, expected http://host:port or https://host:port".into())
+        }
+    }
+    let Some(auth) = uri.authority() else {
+        return Err("missing host".into());
+    };
+    if auth.as_str().contains('@') {
+        return Err(
+            "credentials in the URL are not supported: use etcd.username and etcd.password-file"
+                .into(),
+        );
+    }
+    if auth.host().is_empty() {
+        return Err("missing host".into());
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+/// A refused endpoint list is echoed in the error: never with a password in it.
+fn redact_url_credentials(e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            setting,
+            value,
+            origin,
+            reason,
+        } => {
+            let value = value
+                .split(',')
+                .map(|u| match (u.find("://"), u.find('@')) {
+                    (Some(i), Some(j)) if j > i => format!("{}<redacted>{}", &u[..i + 3], &u[j..]),
+                    _ => u.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            ConfigError::Invalid {
+                setting,
+                value,
+                origin,
+                reason,
+            }
+        }
+        other => other,
+    }
+}
+
+fn readable_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim());
+    std::fs::File::open(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn etcd_tls_settings(
+    r: &Resolver,
+    args: &Args,
+    endpoints: &[String],
+) -> Result<Option<EtcdTls>, ConfigError> {
+    let ca = r.optional("etcd.tls.ca", &args.etcd_tls_ca, readable_file)?;
+    let cert = r.optional("etcd.tls.cert", &args.etcd_tls_cert, readable_file)?;
+    let key = r.optional("etcd.tls.key", &args.etcd_tls_key, readable_file)?;
+    let https = endpoints.iter().any(|e| e.starts_with("https://"));
+    let invalid = |setting: &'static str, reason: &str| ConfigError::Invalid {
+        setting,
+        value: String::new(),
+        origin: Origin::FlagOrEnv,
+        reason: reason.to_string(),
+    };
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("etcd.tls.key", "etcd.tls.cert needs its key")),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "etcd.tls.cert",
+                "etcd.tls.key needs its certificate",
+            ))
+        }
+    };
+    match (https, ca) {
+        (false, None) if identity.is_none() => Ok(None),
+        (false, _) => Err(invalid(
+            "etcd.endpoints",
+            "TLS settings are given but the endpoints are http://; use https://",
+        )),
+        (true, None) => Err(invalid(
+            "etcd.tls.ca",
+            "https:// endpoints need the CA bundle that signed the etcd servers' certificates",
+        )),
+        (true, Some(ca)) => Ok(Some(EtcdTls { ca, identity })),
+    }
+}
+
+fn etcd_user_settings(r: &Resolver, args: &Args) -> Result<Option<EtcdUser>, ConfigError> {
+    let name = r.optional("etcd.username", &args.etcd_username, |s| {
+        let s = s.trim();
+        if s.is_empty() {
+            Err("must not be empty".to_string())
+        } else {
+            Ok(s.to_string())
+        }
+    })?;
+    let from_file = r.optional("etcd.password-file", &args.etcd_password_file, |s| {
+        let p = PathBuf::from(s.trim());
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        // Files written with `echo` end with a newline that is not part of the password.
+        let pw = text.trim_end_matches(['\n', '\r']).to_string();
+        Ok((pw, format!("file {}", p.display())))
+    })?;
+    let password = from_file.or_else(|| {
+        std::env::var(ETCD_PASSWORD_ENV)
+            .ok()
+            .map(|pw| (pw, format!("env {ETCD_PASSWORD_ENV}")))
+    });
+    match (name, password) {
+        (None, None) => Ok(None),
+        (Some(name), Some((pw, source))) => Ok(Some(EtcdUser {
+            name,
+            password: Secret::new(pw),
+            source,
+        })),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            setting: "etcd.password-file",
+            value: String::new(),
+            origin: Origin::Default,
+            reason: format!(
+                "etcd.username is set: give the password in a file or in {ETCD_PASSWORD_ENV}"
+            ),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            setting: "etcd.username",
+            value: String::new(),
+            origin: Origin::Default,
+            reason: "a password is given (etcd.password-file or env) but no user name".into(),
+        }),
+    }
 }
 
 fn parse_http_url(s: &str) -> Result<String, String> {
@@ -290,11 +642,22 @@ const SETTINGS: &[&str] = &[
     "etcd.timeout",
     "etcd.compaction-interval",
     "etcd.quota-bytes",
+    "etcd.tls.ca",
+    "etcd.tls.cert",
+    "etcd.tls.key",
+    "etcd.username",
+    "etcd.password-file",
     "rpc.addr",
     "rpc.port",
     "rpc.advertise",
     "rpc.max-body",
     "rpc.timeout",
+    "rpc.read-timeout",
+    "rpc.max-conns",
+    "rpc.max-conns-per-ip",
+    "rpc.max-buffered",
+    "rpc.jwt-secret",
+    "rpc.auth-control",
     "admin.addr",
     "admin.port",
     "lease.ttl",
@@ -306,6 +669,7 @@ const SETTINGS: &[&str] = &[
     "handover.catchup-timeout",
     "paused",
     "log.format",
+    "log.level",
 ];
 
 struct Resolver {
@@ -316,6 +680,9 @@ impl Resolver {
     fn raw(&self, setting: &'static str, cli: &Option<String>) -> Option<(String, Origin)> {
         if let Some(v) = cli {
             return Some((v.clone(), Origin::FlagOrEnv));
+        }
+        if let Some(v) = conductor_env_name(setting).and_then(|n| std::env::var(n).ok()) {
+            return Some((v, Origin::FlagOrEnv));
         }
         self.file
             .get(setting)
@@ -416,23 +783,29 @@ impl Config {
             .optional("node.advertise", &args.node_advertise, parse_http_url)?
             .unwrap_or_else(|| node_rpc.clone());
         let execution_rpc = r.get("execution.rpc", &args.execution_rpc, None, parse_http_url)?;
-        let etcd_endpoints = r.get(
-            "etcd.endpoints",
-            &args.etcd_endpoints,
-            Some("http://127.0.0.1:2379"),
-            |s| {
-                let list: Vec<String> = s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty())
-                    .map(parse_http_url)
-                    .collect::<Result<_, _>>()?;
-                if list.is_empty() {
-                    return Err("at least one endpoint is required".into());
-                }
-                Ok(list)
-            },
-        )?;
+        let etcd_endpoints = r
+            .get(
+                "etcd.endpoints",
+                &args.etcd_endpoints,
+                Some("http://127.0.0.1:2379"),
+                |s| {
+                    let list: Vec<String> = s
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(parse_etcd_url)
+                        .collect::<Result<_, _>>()?;
+                    if list.is_empty() {
+                        return Err("at least one endpoint is required".into());
+                    }
+                    let https = list.iter().filter(|e| e.starts_with("https://")).count();
+                    if https != 0 && https != list.len() {
+                        return Err("mix of http:// and https:// endpoints; use one scheme".into());
+                    }
+                    Ok(list)
+                },
+            )
+            .map_err(redact_url_credentials)?;
         let etcd_prefix = r.get(
             "etcd.prefix",
             &args.etcd_prefix,
@@ -477,6 +850,8 @@ impl Config {
                 }
             },
         )?;
+        let etcd_tls = etcd_tls_settings(&r, args, &etcd_endpoints)?;
+        let etcd_user = etcd_user_settings(&r, args)?;
         let rpc_addr = r.get(
             "rpc.addr",
             &args.rpc_addr,
@@ -511,6 +886,65 @@ impl Config {
         let rpc_timeout = r.get("rpc.timeout", &args.rpc_timeout, Some("10s"), |s| {
             parse_duration(s).and_then(positive)
         })?;
+        let rpc_read_timeout = r.get(
+            "rpc.read-timeout",
+            &args.rpc_read_timeout,
+            Some("10s"),
+            |s| parse_duration(s).and_then(positive),
+        )?;
+        let at_least_one_conn = |s: &str| {
+            let n = parse_num::<usize>(s)?;
+            if n == 0 {
+                Err("must be at least 1".into())
+            } else {
+                Ok(n)
+            }
+        };
+        let rpc_max_conns = r.get(
+            "rpc.max-conns",
+            &args.rpc_max_conns,
+            Some("1024"),
+            at_least_one_conn,
+        )?;
+        let rpc_max_conns_per_ip = r.get(
+            "rpc.max-conns-per-ip",
+            &args.rpc_max_conns_per_ip,
+            Some("128"),
+            at_least_one_conn,
+        )?;
+        let rpc_max_buffered = r.get(
+            "rpc.max-buffered",
+            &args.rpc_max_buffered,
+            Some("67108864"),
+            |s| {
+                let n = parse_num::<usize>(s)?;
+                if n < rpc_max_body {
+                    Err(format!(
+                        "must be at least rpc.max-body ({rpc_max_body}), or a largest request could never be read"
+                    ))
+                } else if u32::try_from(n).is_err() {
+                    Err(format!("must be at most {}", u32::MAX))
+                } else {
+                    Ok(n)
+                }
+            },
+        )?;
+        let rpc_jwt_secret = r.optional("rpc.jwt-secret", &args.rpc_jwt_secret, |s| {
+            let p = PathBuf::from(s.trim());
+            // A missing file is generated at start; a missing directory is a mistake.
+            match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => {
+                    Err(format!("directory {} does not exist", d.display()))
+                }
+                _ => Ok(p),
+            }
+        })?;
+        let rpc_auth_control = r.get(
+            "rpc.auth-control",
+            &args.rpc_auth_control,
+            Some("true"),
+            parse_bool,
+        )?;
         let admin_addr = r.get(
             "admin.addr",
             &args.admin_addr,
@@ -596,6 +1030,13 @@ impl Config {
             }
         })?;
 
+        let log_level = r.get("log.level", &args.log_level, Some("info"), |s| {
+            let s = s.trim();
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_string())
+                .map_err(|e| format!("not a level or tracing filter: {e}"))
+        })?;
+
         if interval >= lease_ttl {
             return Err(ConfigError::Invalid {
                 setting: "healthcheck.interval",
@@ -618,11 +1059,19 @@ impl Config {
             etcd_timeout,
             etcd_compaction_interval,
             etcd_quota_bytes,
+            etcd_tls,
+            etcd_user,
             rpc_addr,
             rpc_port,
             rpc_advertise,
             rpc_max_body,
             rpc_timeout,
+            rpc_read_timeout,
+            rpc_max_conns,
+            rpc_max_conns_per_ip,
+            rpc_max_buffered,
+            rpc_jwt_secret,
+            rpc_auth_control,
             admin_addr,
             admin_port,
             lease_ttl,
@@ -636,6 +1085,7 @@ impl Config {
             catchup_timeout,
             paused,
             log_format,
+            log_level,
         })
     }
 
@@ -652,11 +1102,23 @@ impl Config {
             "etcd.timeout": d(self.etcd_timeout),
             "etcd.compaction-interval": d(self.etcd_compaction_interval),
             "etcd.quota-bytes": self.etcd_quota_bytes,
+            "etcd.tls.ca": self.etcd_tls.as_ref().map(|t| t.ca.display().to_string()),
+            "etcd.tls.cert": self.etcd_tls.as_ref().and_then(|t| t.identity.as_ref()).map(|(c, _)| c.display().to_string()),
+            "etcd.tls.key": self.etcd_tls.as_ref().and_then(|t| t.identity.as_ref()).map(|(_, k)| k.display().to_string()),
+            "etcd.username": self.etcd_user.as_ref().map(|u| u.name.clone()),
+            // Only where the password comes from, never the password.
+            "etcd.password": self.etcd_user.as_ref().map(|u| format!("<redacted> (from {})", u.source)),
             "rpc.addr": self.rpc_addr.to_string(),
             "rpc.port": self.rpc_port,
             "rpc.advertise": self.rpc_advertise,
             "rpc.max-body": self.rpc_max_body,
             "rpc.timeout": d(self.rpc_timeout),
+            "rpc.read-timeout": d(self.rpc_read_timeout),
+            "rpc.max-conns": self.rpc_max_conns,
+            "rpc.max-conns-per-ip": self.rpc_max_conns_per_ip,
+            "rpc.max-buffered": self.rpc_max_buffered,
+            "rpc.jwt-secret": self.rpc_jwt_secret.as_ref().map(|p| p.display().to_string()),
+            "rpc.auth-control": self.rpc_auth_control,
             "admin.addr": self.admin_addr.to_string(),
             "admin.port": self.admin_port,
             "lease.ttl": d(self.lease_ttl),
@@ -668,6 +1130,7 @@ impl Config {
             "handover.catchup-timeout": d(self.catchup_timeout),
             "paused": self.paused,
             "log.format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "log.level": self.log_level,
         })
     }
 }
@@ -738,6 +1201,10 @@ mod tests {
         assert_eq!(c.etcd_compaction_interval, Duration::from_secs(5));
         // A 10 MiB payload is ~21 MB as hex JSON.
         assert!(c.rpc_max_body >= 2 * 10 * 1024 * 1024 + 1024 * 1024);
+        assert_eq!(c.rpc_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.rpc_max_conns, 1024);
+        assert_eq!(c.rpc_max_conns_per_ip, 128);
+        assert_eq!(c.rpc_max_buffered, 64 * 1024 * 1024);
     }
 
     #[test]
@@ -750,6 +1217,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("etcd.compaction-interval"), "{e}");
+    }
+
+    #[test]
+    fn rpc_limits_are_validated() {
+        let c = parse(&with(&[
+            "--rpc.read-timeout",
+            "3s",
+            "--rpc.max-conns",
+            "10",
+            "--rpc.max-conns-per-ip",
+            "5",
+            "--rpc.max-body",
+            "2048",
+            "--rpc.max-buffered",
+            "4096",
+        ]))
+        .expect("valid");
+        assert_eq!(c.rpc_read_timeout, Duration::from_secs(3));
+        assert_eq!((c.rpc_max_conns, c.rpc_max_conns_per_ip), (10, 5));
+        assert_eq!(c.rpc_max_buffered, 4096);
+        let e = parse(&with(&["--rpc.max-buffered", "1000"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rpc.max-buffered") && e.contains("rpc.max-body"),
+            "{e}"
+        );
+        let e = parse(&with(&["--rpc.max-conns", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.max-conns"), "{e}");
+        let e = parse(&with(&["--rpc.read-timeout", "0s"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.read-timeout"), "{e}");
     }
 
     #[test]
@@ -870,5 +1372,60 @@ mod tests {
     fn paused_flag_forms() {
         assert!(parse(&with(&["--paused"])).expect("valid").paused);
         assert!(!parse(&with(&["--paused=false"])).expect("valid").paused);
+    }
+
+    #[test]
+    fn etcd_security_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").expect("write");
+        let pw = pw.display().to_string();
+        let with = |extra: &[&str]| {
+            let mut v = BASE.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let c = with(&["--etcd.username", "u", "--etcd.password-file", &pw]).expect("valid");
+        let user = c.etcd_user.clone().expect("user");
+        assert_eq!(user.password.expose(), "s3cret");
+        let shown = format!("{} {:?}", c.to_json(), c);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+
+        let e = with(&["--etcd.username", "u"]).unwrap_err().to_string();
+        assert!(e.contains("password"), "{e}");
+        let e = with(&["--etcd.endpoints", "http://u:pw@127.0.0.1:2379"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd.username"), "{e}");
+        assert!(!e.contains("u:pw"), "{e}");
+        let e = with(&["--etcd.endpoints", "https://127.0.0.1:2379"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etcd.tls.ca"), "{e}");
+        let e = with(&["--etcd.tls.ca", &pw]).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        let c = with(&[
+            "--etcd.endpoints",
+            "https://127.0.0.1:2379",
+            "--etcd.tls.ca",
+            &pw,
+        ])
+        .expect("valid");
+        assert!(c.etcd_tls.is_some());
+    }
+
+    #[test]
+    fn jwt_settings() {
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(&["--rpc.jwt-secret", "/tmp/x.hex"]);
+        let c = parse(&v).expect("valid");
+        assert!(c.rpc_auth_control);
+        assert_eq!(c.rpc_jwt_secret, Some(PathBuf::from("/tmp/x.hex")));
+        v.extend_from_slice(&["--rpc.auth-control=false"]);
+        assert!(!parse(&v).expect("valid").rpc_auth_control);
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(&["--rpc.jwt-secret", "/no/such/dir/x.hex"]);
+        assert!(parse(&v).is_err());
     }
 }

@@ -52,10 +52,13 @@ pub struct Controller {
     /// The recorded head of the last view read, for decisions made while etcd is unreadable.
     known_target: Option<BlockId>,
     /// The last view showed no leader and an empty store: a running sequencer is adopted.
-    adoptable: bool,
+    /// None until a view was read.
+    adoptable: Option<bool>,
     warned_unhealthy_keep: bool,
     /// When the current leadership began sequencing; the health grace runs from here.
     leading_since: Option<Instant>,
+    /// Since when restarting our own node as leader has failed (cleared on success).
+    restart_failing_since: Option<Instant>,
 }
 
 impl Controller {
@@ -82,9 +85,10 @@ impl Controller {
             last_member: None,
             recorded: None,
             known_target: None,
-            adoptable: false,
+            adoptable: None,
             warned_unhealthy_keep: false,
             leading_since: None,
+            restart_failing_since: None,
         }
     }
 
@@ -114,6 +118,7 @@ impl Controller {
             // Long enough for a new leader's first blocks to make its head fresh and for the
             // health filter to see it.
             grace: h.unsafe_interval + h.interval * (h.failures + h.successes),
+            catchup: self.s.config.catchup_timeout,
         }
     }
 
@@ -134,6 +139,7 @@ impl Controller {
         let mut health_rx = self.s.health.clone();
         let wake = self.wake.clone();
         loop {
+            self.s.control_beat.beat();
             // While holding the lease the loop also wakes at its deadline, idle or not.
             let deadline = self.term.as_ref().map(|t| t.deadline());
             tokio::select! {
@@ -150,15 +156,15 @@ impl Controller {
                 Some(term) => {
                     // The step decides; stepping down runs outside the race, so the lease
                     // deadline can never cut a step-down short.
-                    let why = match term.run(self.lead_step(&term)).await {
-                        Ok(None) => None,
-                        Ok(Some(why)) => Some(why),
-                        Err(Lapsed) => Some(
+                    let end = match term.run(self.lead_step(&term)).await {
+                        Ok(end) => end,
+                        Err(Lapsed) => Some((
                             "lease deadline passed while waiting on etcd or the node".to_string(),
-                        ),
+                            Exit::Resign,
+                        )),
                     };
-                    if let Some(why) = why {
-                        self.step_down(&why, Exit::Resign).await;
+                    if let Some((why, exit)) = end {
+                        self.step_down(&why, exit).await;
                     }
                 }
                 None => {
@@ -194,6 +200,12 @@ impl Controller {
                 }
                 if paused != self.paused {
                     tracing::info!(paused, "pause state changed by operator");
+                    if !paused && self.term.is_some() {
+                        // Health may move a leader again only a grace period after it resumes:
+                        // while paused its node may have been stopped or force-started, and its
+                        // health filter is still catching up.
+                        self.leading_since = Some(Instant::now());
+                    }
                 }
                 self.paused = paused;
                 self.publish(|s| s.paused = paused);
@@ -239,7 +251,7 @@ impl Controller {
             if let Some(t) = v.recorded_head() {
                 self.known_target = Some(t);
             }
-            self.adoptable = v.leader.is_none() && v.store_empty();
+            self.adoptable = Some(v.leader.is_none() && v.store_empty());
         }
         let leader = view.as_ref().map(|v| {
             v.leader.as_ref().map(|l| LeaderRef {
@@ -247,9 +259,13 @@ impl Controller {
                 rpc: v.members.get(&l.id).map(|m| m.rpc.clone()),
             })
         });
+        let election_stopped = view.as_ref().map(|v| v.election_stopped);
         self.publish(|s| {
             if let Some(l) = leader {
                 s.leader = l;
+            }
+            if let Some(stopped) = election_stopped {
+                s.election_stopped = stopped;
             }
             s.etcd_reachable = view.is_some();
             s.node_active = active;
@@ -264,21 +280,18 @@ impl Controller {
     async fn follow_step(&mut self) -> Option<Term> {
         let health = self.s.health_now();
         self.s.metrics.healthy.set(i64::from(health.healthy));
-        // Inspection (S4) first: it must not wait for etcd, which may be slow or gone.
+        // Inspection (S4) first: it must not wait for etcd, which may be slow or gone. Only the
+        // very first check waits for a view, which tells whether a running sequencer on an
+        // empty store is to be adopted.
         let active = self.s.node.active().await.ok();
-        if role::inspect(self.paused, active, self.adoptable) {
-            tracing::warn!(
-                "inspection: node is sequencing but this sidecar is not leader; stopping it"
-            );
-            match self.s.node.stop().await {
-                Ok(_) => self.s.metrics.action("inspection_stop", "ok"),
-                Err(e) => {
-                    self.s.metrics.action("inspection_stop", "error");
-                    tracing::error!(error = %e, "inspection could not stop the node");
-                }
-            }
+        let known = self.adoptable;
+        if let Some(adoptable) = known {
+            self.inspect(active, adoptable).await;
         }
         let view = self.observe(active).await;
+        if known.is_none() {
+            self.inspect(active, self.adoptable.unwrap_or(false)).await;
+        }
         let won = match &view {
             Some(v) => self.follow_view(&health, v, active).await,
             None => None,
@@ -287,6 +300,22 @@ impl Controller {
             self.publish_member(&health).await;
         }
         won
+    }
+
+    async fn inspect(&self, active: Option<bool>, adoptable: bool) {
+        if !role::inspect(self.paused, active, adoptable) {
+            return;
+        }
+        tracing::warn!(
+            "inspection: node is sequencing but this sidecar is not leader; stopping it"
+        );
+        match self.s.node.stop().await {
+            Ok(_) => self.s.metrics.action("inspection_stop", "ok"),
+            Err(e) => {
+                self.s.metrics.action("inspection_stop", "error");
+                tracing::error!(error = %e, "inspection could not stop the node");
+            }
+        }
     }
 
     async fn follow_view(
@@ -378,6 +407,29 @@ impl Controller {
             s.leading = Some(l.clone());
             s.gate = false;
         });
+        if self.paused {
+            // Paused: lead without touching the sequencer (op-conductor's paused leader); the
+            // operator or a later resume starts it. The gate is up so that an operator's
+            // admin_startSequencer on our node passes op-node's leader check and its commits
+            // are accepted (fenced).
+            if let Ok(Ok(conductor)) = term.run(self.s.node.conductor_enabled()).await {
+                self.mode = if conductor {
+                    Mode::Conductor
+                } else {
+                    Mode::Driven
+                };
+                let mode = self.mode;
+                self.publish(|s| s.mode = mode);
+            }
+            tracing::info!(
+                epoch = l.epoch,
+                "leading while paused: the sequencer is left as it is"
+            );
+            self.publish(|s| s.gate = true);
+            self.set_role(Role::Leader);
+            self.leading_since = Some(Instant::now());
+            return Ok(());
+        }
         // The view the decision was made on may be old by now: re-read it within the lease.
         let view = term
             .run(cluster::read_view(&self.s.election))
@@ -428,11 +480,9 @@ impl Controller {
         let mode = self.mode;
         self.publish(|s| s.mode = mode);
         let (mut target, floor) = role::catch_up_target(view, self.me());
-        if self.mode == Mode::Driven {
-            if let Some(stopped) = self.stop_previous(l, view).await {
-                if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
-                    target = Some(stopped);
-                }
+        if let Some(stopped) = self.stop_previous(l, view).await {
+            if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
+                target = Some(stopped);
             }
         }
         if target.as_ref().is_some_and(|t| is_zero_hash(&t.hash)) {
@@ -445,7 +495,8 @@ impl Controller {
             None if floor > 0 => self.wait_for_height(floor).await?,
             None => tracing::info!("no recorded head: bootstrapping from the local unsafe head"),
         }
-        self.start_node(term, target.as_ref()).await
+        let committed = Some(view.head.as_ref().map(HeadRecord::block));
+        self.start_node(term, target.as_ref(), committed).await
     }
 
     /// Waits until the local node has `t` on its canonical chain and its head is at least
@@ -471,6 +522,7 @@ impl Controller {
                 logged = true;
                 tracing::info!(number = t.number, hash = %t.hash, floor, "waiting for the node to reach the recorded head");
             }
+            self.s.control_beat.beat();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("shutting down".into()),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -493,6 +545,7 @@ impl Controller {
                     self.s.config.catchup_timeout
                 ));
             }
+            self.s.control_beat.beat();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err("shutting down".into()),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -542,10 +595,13 @@ impl Controller {
     /// Conductor mode: the start head is first recorded as the committed head (fenced), so the
     /// next commit extends what the node really has (a stale record, left by an override, a
     /// switch from sidecar-driven mode or an old etcd snapshot, would refuse every commit).
+    /// `committed`: the committed head record (`Some(None)`: the store has none; `None`: not
+    /// known, etcd could not be read).
     async fn start_node(
         &mut self,
         term: &Term,
         target: Option<&BlockId>,
+        committed: Option<Option<BlockId>>,
     ) -> Result<BlockId, String> {
         let l = &term.leadership;
         // op-node asks conductor_leader inside admin_startSequencer: the gate must already be up.
@@ -567,7 +623,7 @@ impl Controller {
                 }
             }
             if self.mode == Mode::Conductor {
-                self.record_start_head(l, &head).await?;
+                self.record_start_head(l, &head, committed.as_ref()).await?;
             }
             // The start must reach op-node with enough of the lease left that it acts on it
             // before etcd can expire the lease (S1), whatever the node's latency.
@@ -607,13 +663,25 @@ impl Controller {
         Err("admin_startSequencer kept failing".into())
     }
 
-    /// Conductor mode: record `head` (verified to contain the committed head) as the committed
-    /// head of this epoch, in one fenced Txn; the committer re-reads it.
+    /// Conductor mode: record `head` (verified to contain the recorded head) as the committed
+    /// head of this epoch, in one fenced Txn; the committer re-reads it. Nothing to do when the
+    /// committed head record is exactly `head`, or on an empty store (the first commit then
+    /// needs no parent). Compared with the committed head record itself, not with the target:
+    /// the target may be a newer stopped head (a node forced active by an operator), and the
+    /// stale committed record is exactly what must be replaced.
     async fn record_start_head(
         &self,
         l: &Leadership,
         head: &crate::sequencer::L2Ref,
+        committed: Option<&Option<BlockId>>,
     ) -> Result<(), String> {
+        match committed {
+            Some(None) => return Ok(()),
+            Some(Some(c)) if c.number == head.number && c.hash.eq_ignore_ascii_case(&head.hash) => {
+                return Ok(())
+            }
+            _ => {}
+        }
         let rec = HeadRecord {
             number: head.number,
             hash: head.hash.clone(),
@@ -641,19 +709,31 @@ impl Controller {
         }
     }
 
-    /// Driven mode: the previous leader's node may still be sequencing (its sidecar died or is
-    /// frozen). Stop it through its advertised admin URL before starting ours. Best effort;
-    /// every node is asked at once, so one dead node costs one timeout, not one each.
+    /// The previous leader's node may still be sequencing (its sidecar died or is frozen).
+    /// Stop it through its advertised admin URL before starting ours. Best effort; every node
+    /// is asked at once, so one dead node costs one timeout, not one each.
+    /// Sidecar-driven mode: every node that may be sequencing (S1 rests on it). Conductor mode:
+    /// the fence already keeps other nodes from publishing, except one whose op-node was told
+    /// `admin_overrideLeader` (it skips its conductor); only members reporting an active
+    /// sequencer are asked, with a short limit, so a hung old node does not slow the failover.
     async fn stop_previous(&self, l: &Leadership, view: &View) -> Option<BlockId> {
+        let conductor = self.mode == Mode::Conductor;
+        let limit = if conductor {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(2)
+        };
         let mut urls: Vec<String> = Vec::new();
-        if let Some(h) = &view.head {
-            if h.id != self.me() {
-                urls.extend(h.node.clone());
+        if !conductor {
+            if let Some(h) = &view.head {
+                if h.id != self.me() {
+                    urls.extend(h.node.clone());
+                }
             }
-        }
-        if let Some((id, Some(node))) = &self.last_leader {
-            if id != self.me() {
-                urls.push(node.clone());
+            if let Some((id, Some(node))) = &self.last_leader {
+                if id != self.me() {
+                    urls.push(node.clone());
+                }
             }
         }
         urls.extend(
@@ -666,12 +746,7 @@ impl Controller {
         urls.dedup();
         urls.retain(|u| u != &self.s.config.node_advertise);
         let stops = urls.into_iter().map(|url| async move {
-            let other = NodeClient::new(
-                self.s.http.clone(),
-                url.clone(),
-                url.clone(),
-                Duration::from_secs(2),
-            );
+            let other = NodeClient::new(self.s.http.clone(), url.clone(), url.clone(), limit);
             match other.stop().await {
                 Ok(StopOutcome::Stopped(hash)) => match other.sync_status().await {
                     Ok(st)
@@ -721,12 +796,22 @@ impl Controller {
 
     // === leader ===
 
-    /// One leader tick; runs inside the term. Returns why to step down, if it must.
-    async fn lead_step(&mut self, term: &Term) -> Option<String> {
+    /// One leader tick; runs inside the term. Returns why (and how) to step down, if it must.
+    async fn lead_step(&mut self, term: &Term) -> Option<(String, Exit)> {
         let l = &term.leadership;
         let health = self.s.health_now();
         self.s.metrics.healthy.set(i64::from(health.healthy));
-        let active = self.s.node.active().await.ok();
+        // A node the health check cannot reach is not asked again here: a hung node would hold
+        // every leader tick for a whole call timeout and delay the handover by as much.
+        let active = if health.reachable {
+            let limit = crate::health::poll_timeout(self.s.config.health.interval);
+            tokio::time::timeout(limit, self.s.node.active())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
         let view = self.observe(active).await;
         let plan = role::decide_leader(&LeaderInputs {
             me: self.me(),
@@ -743,7 +828,7 @@ impl Controller {
             timing: self.timing(),
         });
         match plan.verdict {
-            Verdict::StepDown(why) => return Some(why),
+            Verdict::StepDown(why) => return Some((why, Exit::Resign)),
             Verdict::HandOver { target, reason } => {
                 let t = TransferRecord {
                     target: target.clone(),
@@ -760,7 +845,7 @@ impl Controller {
                 )
                 .await
                 {
-                    Ok(true) => return Some(reason),
+                    Ok(true) => return Some((reason, Exit::Resign)),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "could not record the handover"),
                 }
@@ -773,12 +858,43 @@ impl Controller {
             }
             Verdict::Keep => self.warned_unhealthy_keep = false,
         }
-        if let Some(target) = plan.restart {
-            // The node restarted (it always comes back stopped) or someone stopped it by hand.
+        if let Some(mut target) = plan.restart {
+            // The node restarted (it always comes back stopped), someone stopped it by hand, or
+            // we were resumed after leading while paused. Another node may have been started
+            // by hand meanwhile (force-active-sequencer): stop it first, as in a handover.
             tracing::warn!("leading but the node is not sequencing; starting it again");
-            if let Err(why) = self.start_node(term, target.as_ref()).await {
-                tracing::warn!(reason = %why, "could not restart sequencing");
+            if let Some(v) = &view {
+                if let Some(stopped) = self.stop_previous(l, v).await {
+                    if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
+                        target = Some(stopped);
+                    }
+                }
             }
+            let committed = view
+                .as_ref()
+                .map(|v| v.head.as_ref().map(HeadRecord::block));
+            match self.start_node(term, target.as_ref(), committed).await {
+                Ok(_) => {
+                    self.restart_failing_since = None;
+                    // Its head is as old as the outage: the health grace starts again.
+                    self.leading_since = Some(Instant::now());
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "could not restart sequencing");
+                    // L2: a leader whose node cannot get back to the recorded head within the
+                    // catch-up bound gives way, as a candidate would.
+                    let since = *self.restart_failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.s.config.catchup_timeout {
+                        self.restart_failing_since = None;
+                        return Some((
+                            format!("could not restart sequencing: {why}"),
+                            Exit::GiveWay,
+                        ));
+                    }
+                }
+            }
+        } else {
+            self.restart_failing_since = None;
         }
         if let Some(head) = plan.record {
             self.record_head(l, &head).await;
@@ -851,6 +967,7 @@ impl Controller {
         self.publish(|s| s.leading = None);
         self.set_role(Role::Follower);
         self.leading_since = None;
+        self.restart_failing_since = None;
         self.s.committer.reset().await;
         self.recorded = None;
         if exit == Exit::GiveWay {

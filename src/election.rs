@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{EtcdTls, EtcdUser};
 use crate::state::Keys;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -75,14 +76,142 @@ pub async fn timed<T>(
     }
 }
 
-fn connect_options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
+fn connect_options(tls: Option<&TlsOptions>, user: Option<&EtcdUser>) -> ConnectOptions {
+    let mut o = ConnectOptions::new();
+    if let Some(t) = tls {
+        o = o.with_tls(t.clone());
+    }
+    if let Some(u) = user {
+        // etcd-client authenticates at connect and renews the token when etcd reports it expired.
+        o = o.with_user(u.name.clone(), u.password.expose().to_string());
+    }
+    o.with_connect_timeout(Duration::from_secs(2))
         // HTTP/2 keepalives detect a blackholed connection so it reconnects after a partition heals.
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         // A member cut off from its quorum must fail requests, not serve stale reads or hang.
         .with_require_leader(true)
+}
+
+/// Reads the PEM files of the TLS settings.
+fn tls_options(t: &EtcdTls) -> Result<TlsOptions, AccessError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| AccessError::Files(format!("{}: {e}", p.display())))
+    };
+    let mut o = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&t.ca)?));
+    if let Some((cert, key)) = &t.identity {
+        o = o.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(o)
+}
+
+/// Why etcd cannot be used with the configured TLS and credentials; each message is one line
+/// saying which setting to look at. The password never appears in one.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum AccessError {
+    #[error("etcd TLS files: {0}")]
+    Files(String),
+    #[error("etcd server certificate not trusted: it is not signed by etcd.tls.ca, or its name does not match the endpoint ({0})")]
+    UntrustedServer(String),
+    #[error("etcd refused our client certificate (etcd.tls.cert / etcd.tls.key): {0}")]
+    ClientCertificate(String),
+    #[error("etcd refused the credentials of user {user:?}: wrong user name or password (from {origin})")]
+    Credentials { user: String, origin: String },
+    #[error("etcd requires authentication: set etcd.username and etcd.password-file")]
+    AuthRequired,
+    #[error("etcd user {user:?} lacks permission on {prefix}/ (grant it: etcdctl role grant-permission --prefix=true <role> readwrite {prefix}/): {reason}")]
+    Permission {
+        user: String,
+        prefix: String,
+        reason: String,
+    },
+    #[error("cannot reach etcd: {0}")]
+    Unreachable(String),
+    #[error("etcd: {0}")]
+    Other(String),
+}
+
+impl AccessError {
+    /// A setting is wrong (exit code 64), as opposed to etcd being unreachable right now.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, AccessError::Unreachable(_) | AccessError::Other(_))
+    }
+
+    fn classify(e: &etcd_client::Error, user: Option<&EtcdUser>) -> Self {
+        let text = error_chain(e);
+        use etcd_client::Error as E;
+        let unavailable = match e {
+            E::TransportError(_) | E::IoError(_) => true,
+            E::GRpcStatus(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ),
+            _ => false,
+        };
+        let classified = Self::from_message(&text, user, "");
+        match classified {
+            AccessError::Other(m) if unavailable => AccessError::Unreachable(m),
+            other => other,
+        }
+    }
+
+    fn from_message(text: &str, user: Option<&EtcdUser>, prefix: &str) -> Self {
+        let lower = text.to_ascii_lowercase();
+        let name = || user.map(|u| u.name.clone()).unwrap_or_default();
+        if lower.contains("unknownissuer")
+            || lower.contains("invalid peer certificate")
+            || lower.contains("notvalidforname")
+            || lower.contains("certificate verify failed")
+        {
+            AccessError::UntrustedServer(text.to_string())
+        } else if lower.contains("certificate required")
+            || lower.contains("bad certificate")
+            || lower.contains("unknown ca")
+            || lower.contains("certificaterequired")
+            || lower.contains("badcertificate")
+            || lower.contains("unknownca")
+            || lower.contains("received fatal alert")
+        {
+            AccessError::ClientCertificate(text.to_string())
+        } else if lower.contains("authentication failed") {
+            AccessError::Credentials {
+                user: name(),
+                origin: user.map(|u| u.source.clone()).unwrap_or_default(),
+            }
+        } else if lower.contains("user name is empty") {
+            AccessError::AuthRequired
+        } else if lower.contains("permission denied") {
+            AccessError::Permission {
+                user: name(),
+                prefix: prefix.to_string(),
+                reason: text.to_string(),
+            }
+        } else if lower.contains("transport error")
+            || lower.contains("unavailable")
+            || lower.contains("connection refused")
+            || lower.contains("timed out")
+        {
+            AccessError::Unreachable(text.to_string())
+        } else {
+            AccessError::Other(text.to_string())
+        }
+    }
+}
+
+/// An error with its sources: tonic hides the TLS reason (unknown issuer, bad certificate)
+/// several levels down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
 }
 
 /// One client per etcd member, used one at a time; a request that fails for transport reasons
@@ -99,21 +228,125 @@ pub struct EtcdPool {
 
 impl EtcdPool {
     /// Creates the clients; connections are made lazily, so members may be down at start.
-    pub async fn connect(endpoints: &[String]) -> Result<Self, ElectionError> {
+    /// With a user, etcd-client authenticates at connect: a member that cannot be reached then is
+    /// left out (logged) as long as one can be; refused credentials or TLS fail at once.
+    pub async fn connect(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+        user: Option<&EtcdUser>,
+    ) -> Result<Self, AccessError> {
+        let tls = tls.map(tls_options).transpose()?;
         let mut clients = Vec::with_capacity(endpoints.len());
+        let mut unreachable = None;
         for ep in endpoints {
-            clients.push((
-                ep.clone(),
-                Client::connect([ep.as_str()], Some(connect_options())).await?,
-            ));
+            match Client::connect([ep.as_str()], Some(connect_options(tls.as_ref(), user))).await {
+                Ok(c) => clients.push((ep.clone(), c)),
+                Err(e) => match AccessError::classify(&e, user) {
+                    AccessError::Unreachable(reason) if user.is_some() => {
+                        tracing::warn!(endpoint = %ep, error = %reason, "etcd endpoint unreachable at start: left out until restart");
+                        unreachable = Some(reason);
+                    }
+                    other => return Err(other),
+                },
+            }
         }
         if clients.is_empty() {
-            return Err(ElectionError::Etcd("no etcd endpoints".into()));
+            return Err(unreachable.map_or_else(
+                || AccessError::Other("no etcd endpoints".into()),
+                AccessError::Unreachable,
+            ));
         }
         Ok(EtcdPool {
             clients,
             current: AtomicUsize::new(0),
         })
+    }
+
+    /// Checks at start that this user may read and write under `prefix` and grant leases, so a
+    /// wrong CA, certificate, password or role is one clear error instead of endless retries.
+    /// Nothing is written: the Txn's put sits behind a compare that never holds, and etcd checks
+    /// the permissions of every operation of a Txn whichever branch runs.
+    pub async fn check_access(
+        &self,
+        prefix: &str,
+        limit: Duration,
+        user: Option<&EtcdUser>,
+        client_cert: bool,
+    ) -> Result<(), AccessError> {
+        // With TLS 1.3 the server checks our certificate after the client considers the
+        // handshake done, so a refused certificate mostly surfaces as a bare "connection closed"
+        // or "broken pipe", and only sometimes as the alert itself: try a few times.
+        let mut last = AccessError::Other("not checked".into());
+        let mut closed = 0;
+        const ATTEMPTS: u32 = 8;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            match self.check_access_once(prefix, limit, user).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_config() => return Err(e),
+                Err(e) => {
+                    let t = e.to_string().to_ascii_lowercase();
+                    let was_closed = t.contains("connection closed") || t.contains("broken pipe");
+                    last = e;
+                    if !was_closed {
+                        // Down or refusing connections: no point delaying the start further.
+                        break;
+                    }
+                    closed += 1;
+                }
+            }
+        }
+        // Every connection was accepted and then closed by etcd: with a client certificate
+        // configured that is etcd refusing it.
+        if client_cert && closed == ATTEMPTS {
+            return Err(AccessError::ClientCertificate(format!(
+                "etcd closed every connection after the TLS handshake ({last})"
+            )));
+        }
+        Err(last)
+    }
+
+    async fn check_access_once(
+        &self,
+        prefix: &str,
+        limit: Duration,
+        user: Option<&EtcdUser>,
+    ) -> Result<(), AccessError> {
+        let probe = format!("{prefix}/.access-check");
+        let r = self
+            .run(limit, |mut c| async move {
+                c.get(
+                    format!("{prefix}/"),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_limit(1)
+                            .with_keys_only(),
+                    ),
+                )
+                .await?;
+                c.txn(
+                    Txn::new()
+                        .when([Compare::version(probe.as_str(), CompareOp::Less, 0)])
+                        .and_then([TxnOp::put(probe.as_str(), "", None)]),
+                )
+                .await?;
+                let lease = c.lease_grant(2, None).await?;
+                c.lease_revoke(lease.id()).await?;
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(ElectionError::Timeout(d)) => {
+                Err(AccessError::Unreachable(format!("no answer within {d:?}")))
+            }
+            Err(ElectionError::Unavailable(m) | ElectionError::Etcd(m)) => {
+                Err(AccessError::from_message(&m, user, prefix))
+            }
+        }
     }
 
     /// The member to use now, and its index for [`EtcdPool::failed`].
@@ -250,12 +483,14 @@ pub async fn run_lease(
     ttl: Duration,
     limit: Duration,
     tx: watch::Sender<Option<LeaseState>>,
+    beat: Arc<crate::status::Heartbeat>,
     cancel: CancellationToken,
 ) {
     let ttl_secs = ttl.as_secs() as i64;
     let mut backoff = Duration::from_millis(100);
     let mut failed_grants = 0u32;
     'grant: loop {
+        beat.beat();
         if cancel.is_cancelled() {
             return;
         }
@@ -299,6 +534,7 @@ pub async fn run_lease(
         let mut tick = tokio::time::interval(keepalive_interval(ttl));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            beat.beat();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,

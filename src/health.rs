@@ -135,6 +135,8 @@ pub struct Health {
     pub problems: Vec<Problem>,
     /// The unsafe head of the latest sample that reached op-node.
     pub head: Option<BlockId>,
+    /// That head's block timestamp (unix seconds), for the head-age metric.
+    pub head_time: Option<u64>,
     /// Whether the latest sample reached op-node at all.
     pub reachable: bool,
 }
@@ -145,6 +147,7 @@ impl Health {
             healthy: false,
             problems: vec![],
             head: None,
+            head_time: None,
             reachable: false,
         }
     }
@@ -157,6 +160,14 @@ impl Health {
                 .problems
                 .iter()
                 .all(|p| matches!(p, Problem::Stale { .. }))
+    }
+
+    /// The latest sample could not reach op-node or op-geth at all: the node is down, hung or
+    /// refusing connections (not merely stale or short of peers).
+    pub fn node_down(&self) -> bool {
+        self.problems
+            .iter()
+            .any(|p| matches!(p, Problem::NodeUnreachable(_) | Problem::ExecUnreachable(_)))
     }
 
     pub fn summary(&self) -> String {
@@ -221,6 +232,7 @@ pub async fn run(
         let was = filter.healthy();
         let healthy = filter.observe(problems.is_empty());
         let head = s.sync.as_ref().ok().map(|st| st.unsafe_l2.id());
+        let head_time = s.sync.as_ref().ok().map(|st| st.unsafe_l2.timestamp);
         let summary = || {
             problems
                 .iter()
@@ -248,6 +260,7 @@ pub async fn run(
             healthy,
             problems,
             head,
+            head_time,
             reachable,
         });
     }

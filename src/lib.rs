@@ -13,6 +13,7 @@
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`maintenance`]: etcd history compaction (leader) and etcd size/quota/alarm reporting.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
+//! - [`ctl`]: `op-sidecar ctl`, the operator CLI (a JSON-RPC client of any sidecar).
 
 pub mod admin;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod election;
 pub mod health;
 pub mod maintenance;

@@ -6,11 +6,26 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// A gauge holding seconds (or any fraction).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
     pub code: i64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +76,18 @@ pub struct Metrics {
     pub etcd_alarm: Family<AlarmLabels, Gauge>,
     pub etcd_compactions: Family<ResultLabels, Counter>,
     pub etcd_compacted_revision: Gauge,
+    pub rpc_connections: Gauge,
+    pub rpc_buffered_bytes: Gauge,
+    pub rpc_refused: Family<ReasonLabels, Counter>,
+    // Set at scrape time from the shared state (see `admin`), not by the control loop.
+    pub build_info: Family<BuildLabels, Gauge>,
+    pub unsafe_head_number: Gauge,
+    pub unsafe_head_age: FloatGauge,
+    pub lease_time_left: FloatGauge,
+    pub etcd_last_contact: FloatGauge,
+    pub leader_overridden: Gauge,
+    pub election_stopped: Gauge,
+    pub etcd_reachable: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +107,9 @@ impl Metrics {
         let rpc_requests = Family::<MethodLabels, Counter>::default();
         let handover_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let etcd_errors = Counter::default();
+        let rpc_connections = Gauge::default();
+        let rpc_buffered_bytes = Gauge::default();
+        let rpc_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "is_leader",
             "1 while this sidecar leads and its lease is locally valid",
@@ -167,6 +197,75 @@ impl Metrics {
             "The revision this sidecar last compacted etcd's history to",
             etcd_compacted_revision.clone(),
         );
+        registry.register(
+            "rpc_connections",
+            "Open JSON-RPC connections",
+            rpc_connections.clone(),
+        );
+        registry.register(
+            "rpc_buffered_bytes",
+            "Bytes held for JSON-RPC request bodies and proxied answers",
+            rpc_buffered_bytes.clone(),
+        );
+        registry.register(
+            "rpc_refused",
+            "JSON-RPC connections closed and requests refused by a limit, by reason",
+            rpc_refused.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: crate::status::VERSION.into(),
+                commit: crate::status::COMMIT.into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels name the version and git commit",
+            build_info.clone(),
+        );
+        let unsafe_head_number = Gauge::default();
+        registry.register(
+            "unsafe_head_number",
+            "Number of the local op-node's unsafe head at the latest health check",
+            unsafe_head_number.clone(),
+        );
+        let unsafe_head_age = FloatGauge::default();
+        registry.register(
+            "unsafe_head_age_seconds",
+            "Wall clock minus the local unsafe head's timestamp (-1 when op-node is unreachable)",
+            unsafe_head_age.clone(),
+        );
+        let lease_time_left = FloatGauge::default();
+        registry.register(
+            "lease_time_left_seconds",
+            "Time until this sidecar's lease stops being locally valid (0 without a lease)",
+            lease_time_left.clone(),
+        );
+        let etcd_last_contact = FloatGauge::default();
+        registry.register(
+            "etcd_last_contact_seconds",
+            "Time since the last keepalive etcd acknowledged was sent (-1 without a lease)",
+            etcd_last_contact.clone(),
+        );
+        let leader_overridden = Gauge::default();
+        registry.register(
+            "leader_overridden",
+            "1 while conductor_overrideLeader is on here (commits are not fenced)",
+            leader_overridden.clone(),
+        );
+        let election_stopped = Gauge::default();
+        registry.register(
+            "election_stopped",
+            "1 while the election is stopped (leadership frozen), as last read from etcd",
+            election_stopped.clone(),
+        );
+        let etcd_reachable = Gauge::default();
+        registry.register(
+            "etcd_reachable",
+            "1 while the control loop's latest read of etcd succeeded",
+            etcd_reachable.clone(),
+        );
         Metrics {
             registry,
             is_leader,
@@ -185,6 +284,17 @@ impl Metrics {
             etcd_alarm,
             etcd_compactions,
             etcd_compacted_revision,
+            rpc_connections,
+            rpc_buffered_bytes,
+            rpc_refused,
+            build_info,
+            unsafe_head_number,
+            unsafe_head_age,
+            lease_time_left,
+            etcd_last_contact,
+            leader_overridden,
+            election_stopped,
+            etcd_reachable,
         }
     }
 
@@ -193,6 +303,14 @@ impl Metrics {
         self.commit_stage_seconds
             .get_or_create(&StageLabels { stage })
             .observe(d.as_secs_f64());
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.rpc_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn action(&self, action: &str, result: &str) {
@@ -224,6 +342,20 @@ mod tests {
         m.action("start", "ok");
         let text = m.encode();
         assert!(text.contains("op_sidecar_is_leader 1"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "op_sidecar_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                crate::status::VERSION,
+                crate::status::COMMIT
+            )),
+            "{text}"
+        );
+        m.lease_time_left.set(1.5);
+        assert!(
+            m.encode()
+                .contains("op_sidecar_lease_time_left_seconds 1.5"),
+            "{text}"
+        );
         assert!(
             text.contains("op_sidecar_sequencer_actions_total{action=\"start\",result=\"ok\"} 1"),
             "{text}"

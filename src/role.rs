@@ -31,6 +31,8 @@ pub struct Timing {
     pub health_interval: Duration,
     /// How long a new leader's stale head is forgiven (its first blocks must make it fresh).
     pub grace: Duration,
+    /// The handover's catch-up bound (`--handover.catchup-timeout`).
+    pub catchup: Duration,
 }
 
 impl Timing {
@@ -38,6 +40,13 @@ impl Timing {
     /// itself before any healthy, caught-up candidate may take it (the chain must not halt).
     pub fn stopped_election_bound(&self) -> Duration {
         self.lease_ttl * 3
+    }
+
+    /// With no leader, how long a candidate behind the recorded head stands back for a member
+    /// that has it (found by the fault campaign: lagging winners each waited out the catch-up
+    /// bound in turn while the caught-up member could not get the lease).
+    pub fn catch_up_priority(&self) -> Duration {
+        self.catchup + self.lease_ttl * 2
     }
 }
 
@@ -93,10 +102,9 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
         record: None,
         repair: None,
     };
-    if i.paused {
-        plan.verdict = Verdict::StepDown("paused".into());
-        return plan;
-    }
+    // Paused (op-conductor's semantics): no automatic action. The leader keeps its lease and
+    // keeps sequencing, fenced as always; only safety (a lost key or lease) and an operator's
+    // transfer still end the term.
     if let Some(v) = i.view {
         let ours = v
             .leader
@@ -106,6 +114,17 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             plan.verdict = Verdict::StepDown("leader key is gone from etcd".into());
             return plan;
         }
+        if !v.may_lead(i.me) {
+            // Removed or demoted by an operator: hand over to a voter if one is ready.
+            plan.verdict = match best_candidate(v, i.me, i.health.head.as_ref()) {
+                Some(target) => Verdict::HandOver {
+                    reason: format!("no longer a voter; handing over to {target}"),
+                    target,
+                },
+                None => Verdict::StepDown("no longer a voter".into()),
+            };
+            return plan;
+        }
         if let Some(t) = v.pending_transfer() {
             if t.epoch == i.leadership.epoch && t.target != i.me {
                 plan.verdict =
@@ -113,14 +132,14 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
                 return plan;
             }
         }
-        if !i.health.healthy && !v.election_stopped {
-            // The grace after taking over forgives a stale head only (right after a halt our
-            // own head is as old as everyone's); a node that is down or refusing is handed
-            // over at once.
+        if !i.health.healthy && !v.election_stopped && !i.paused {
+            // The grace after taking over forgives a node still recovering, or stale (right
+            // after a halt our own head is as old as everyone's); a node that is down, hung or
+            // refusing connections is handed over at once.
             let settled = i
                 .leading_since
                 .is_some_and(|t| i.now.saturating_duration_since(t) >= i.timing.grace);
-            if settled || !i.health.only_stale() {
+            if settled || i.health.node_down() {
                 plan.verdict = match best_candidate(v, i.me, i.health.head.as_ref()) {
                     Some(target) => Verdict::HandOver {
                         reason: format!(
@@ -133,6 +152,16 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
                 };
             }
         }
+    }
+    if i.paused {
+        plan.verdict = match plan.verdict {
+            Verdict::StepDown(why) => Verdict::StepDown(why),
+            _ => Verdict::Keep,
+        };
+        if i.mode == Mode::Driven && i.active == Some(true) {
+            plan.record = i.health.head.clone().filter(|h| i.recorded != Some(h));
+        }
+        return plan;
     }
     if i.active == Some(false) && i.health.reachable {
         let target = i
@@ -148,7 +177,7 @@ pub fn decide_leader(i: &LeaderInputs) -> LeaderPlan {
             }
         }
     }
-    if i.mode == Mode::Conductor {
+    if i.mode == Mode::Conductor && i.health.reachable {
         if let (Some(committed), Some(local)) =
             (i.view.and_then(|v| v.head.as_ref()), &i.health.head)
         {
@@ -195,15 +224,18 @@ pub fn last_leader(v: &View) -> Option<&str> {
 
 pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     use FollowerAction::*;
-    if i.paused {
-        return Wait("paused");
-    }
+    // A paused follower still contends (as a paused op-conductor still takes part in raft
+    // elections): a paused cluster has a leader that operators and their tools can find. It
+    // takes no sequencer action until resumed.
     let v = i.view;
     if let Some(leader) = &v.leader {
         if i.lease.map(|l| l.id) == Some(leader.lease) {
             return ReleaseStaleKey;
         }
         return Wait("a leader holds the key");
+    }
+    if !v.may_lead(i.me) {
+        return Wait("not a voter in the configured membership");
     }
     let Some(lease) = i.lease else {
         return Wait("no lease");
@@ -254,6 +286,24 @@ pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     if !eligible {
         return Wait("node not eligible");
     }
+    // A candidate whose node lacks the recorded head would only wait out the catch-up bound
+    // and give way; while another eligible member already has it, that member goes first.
+    // Bounded, so a member whose record looks ready but never contends cannot hold us off.
+    if !named && since < i.timing.catch_up_priority() {
+        if let Some(recorded) = v.recorded_head() {
+            let mine = i.health.head.as_ref().map_or(0, |h| h.number);
+            let ahead = v.members.values().any(|m| {
+                m.id != i.me
+                    && !m.paused
+                    && (m.healthy || m.only_stale)
+                    && v.may_lead(&m.id)
+                    && m.head.as_ref().is_some_and(|h| h.number >= recorded.number)
+            });
+            if mine < recorded.number && ahead {
+                return Wait("behind the recorded head while a caught-up member can lead");
+            }
+        }
+    }
     Contend
 }
 
@@ -293,6 +343,7 @@ mod tests {
             lease_ttl: Duration::from_secs(3),
             health_interval: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            catchup: Duration::from_secs(10),
         }
     }
 
@@ -308,6 +359,7 @@ mod tests {
             healthy: true,
             problems: vec![],
             head: Some(block(n)),
+            head_time: None,
             reachable: true,
         }
     }
@@ -317,6 +369,7 @@ mod tests {
             healthy: false,
             problems: vec![Problem::NodeUnreachable("connection refused".into())],
             head: None,
+            head_time: None,
             reachable: false,
         }
     }
@@ -329,6 +382,7 @@ mod tests {
                 limit_secs: 5,
             }],
             head: Some(block(n)),
+            head_time: None,
             reachable: true,
         }
     }
@@ -416,6 +470,17 @@ mod tests {
         let h = unreachable();
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));
         assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
+        // A node still recovering (its latest sample was fine, the filter not yet healthy) is
+        // forgiven too.
+        let h = Health {
+            healthy: false,
+            problems: vec![],
+            head: Some(block(10)),
+            head_time: None,
+            reachable: true,
+        };
+        let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, t0));
+        assert_eq!(plan.verdict, Verdict::Keep);
         // After the grace even a stale head is handed over.
         tokio::time::advance(Duration::from_secs(9)).await;
         let h = stale(10);
@@ -459,6 +524,31 @@ mod tests {
         v.leader = None;
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&v), now, now));
         assert!(matches!(plan.verdict, Verdict::StepDown(ref r) if r.contains("gone")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_leader_keeps_leading_and_acts_on_nothing() {
+        let l = leadership();
+        let v = view_led_by_me(10);
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let h = unreachable();
+        let mut i = leader_inputs(&l, &h, Some(&v), Instant::now(), t0);
+        i.paused = true;
+        i.active = Some(false);
+        let plan = decide_leader(&i);
+        assert_eq!(
+            plan.verdict,
+            Verdict::Keep,
+            "no health handover while paused"
+        );
+        assert_eq!(plan.restart, None, "no restart while paused");
+        // Safety still applies: a lost key ends the term.
+        let mut lost = v.clone();
+        lost.leader = None;
+        let mut i = leader_inputs(&l, &h, Some(&lost), Instant::now(), t0);
+        i.paused = true;
+        assert!(matches!(decide_leader(&i).verdict, Verdict::StepDown(_)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -594,6 +684,80 @@ mod tests {
             decide_follower(&i_with(&unreachable(), &v, t0, now)),
             FollowerAction::Wait(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_voters_never_lead() {
+        use crate::state::{Membership, Server, NONVOTER, VOTER};
+        let h = healthy(10);
+        let t0 = Instant::now();
+        let mut v = leaderless("other");
+        v.election_stopped = false;
+        let server = |id: &str, suffrage| Server {
+            id: id.into(),
+            addr: String::new(),
+            suffrage,
+        };
+        v.membership = Some((
+            Membership {
+                servers: vec![server(ME, NONVOTER), server("b", VOTER)],
+                version: 3,
+            },
+            9,
+        ));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // Removed entirely: also never.
+        if let Some((m, _)) = v.membership.as_mut() {
+            m.servers.retain(|s| s.id != ME);
+        }
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // A leader that is demoted hands over to a ready voter.
+        let l = leadership();
+        let mut led = view_led_by_me(10);
+        led.membership = v.membership.clone();
+        let plan = decide_leader(&leader_inputs(&l, &h, Some(&led), Instant::now(), t0));
+        assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_candidate_lets_a_caught_up_member_go_first() {
+        let t0 = Instant::now();
+        let mut v = leaderless("other");
+        v.election_stopped = false;
+        v.members.insert("b".into(), member("b", &stale(10)));
+        tokio::time::advance(timing().lease_ttl).await;
+        // We are at 7, the recorded head is 10, b has 10: b first.
+        let h = stale(7);
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // Caught up ourselves: contend.
+        let h10 = stale(10);
+        assert_eq!(
+            decide_follower(&i_with(&h10, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // Nobody has it: contend (and wait for the catch-up in the handover).
+        v.members.get_mut("b").expect("b").head = Some(block(8));
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // Bounded: after the priority window we contend even behind a ready member.
+        v.members.get_mut("b").expect("b").head = Some(block(10));
+        tokio::time::advance(timing().catch_up_priority()).await;
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
     }
 
     #[test]

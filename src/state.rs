@@ -91,6 +91,11 @@ impl Keys {
         format!("{}/control/election-stopped", self.prefix)
     }
 
+    /// The configured membership (absent until an operator first changes it).
+    pub fn membership(&self) -> String {
+        format!("{}/control/membership", self.prefix)
+    }
+
     pub fn transfer(&self) -> String {
         format!("{}/control/transfer", self.prefix)
     }
@@ -148,6 +153,37 @@ pub struct MemberRecord {
     pub active: bool,
     pub head: Option<BlockId>,
     pub version: String,
+}
+
+/// Raft's suffrage values as op-conductor reports them.
+pub const VOTER: u8 = 0;
+pub const NONVOTER: u8 = 1;
+
+/// One configured server: `suffrage` 0 = voter (may lead), 1 = non-voter (follows, never leads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub addr: String,
+    pub suffrage: u8,
+}
+
+/// The cluster's configured servers. `version` changes only when the membership does (raft's
+/// configuration index in op-conductor). Absent from etcd = open membership: every live
+/// sidecar is a voter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub servers: Vec<Server>,
+    pub version: u64,
+}
+
+impl Membership {
+    pub fn get(&self, id: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    pub fn is_voter(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|s| s.suffrage == VOTER)
+    }
 }
 
 /// A leadership transfer an operator asked for; candidates other than `target` stand back

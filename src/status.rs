@@ -1,7 +1,8 @@
 //! The state the control loop publishes and what request handlers share: the status snapshot, operator commands and the handles RPC and admin may use. Owns no task and makes no call.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -16,6 +17,15 @@ use crate::rpc::client::HttpClient;
 use crate::sequencer::NodeClient;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The short git commit the binary was built from ("unknown" when built without git).
+pub const COMMIT: &str = env!("OP_SIDECAR_GIT_COMMIT");
+/// `--version`'s text: the version and the commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OP_SIDECAR_GIT_COMMIT"),
+    ")"
+);
 
 /// How op-node is driven, detected with `admin_conductorEnabled` at each handover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +53,8 @@ pub struct Status {
     pub etcd_reachable: bool,
     /// The leader in the latest view, with its advertised RPC URL; for routing proxied calls.
     pub leader: Option<LeaderRef>,
+    /// The election is stopped (as of the latest view read from etcd).
+    pub election_stopped: bool,
     /// The control loop has completed at least one tick.
     pub started: bool,
     /// Stopped by `conductor_stop`: acts no more until restarted.
@@ -61,6 +73,7 @@ impl Status {
             node_active: None,
             etcd_reachable: false,
             leader: None,
+            election_stopped: false,
             started: false,
             stopped: false,
             shutting_down: false,
@@ -99,6 +112,60 @@ pub struct Shared {
     /// `conductor_overrideLeader`: an operator's escape hatch when etcd is lost for good; makes
     /// `conductor_leader` say yes and lets commits through unfenced. Off unless set.
     pub leader_override: AtomicBool,
+    /// Beats of the control loop and of the lease keepalive task, for /healthz's watchdog.
+    pub control_beat: Arc<Heartbeat>,
+    pub lease_beat: Arc<Heartbeat>,
+}
+
+/// When a background task last showed it was making progress.
+#[derive(Debug)]
+pub struct Heartbeat {
+    started: std::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            started: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (since creation before the first).
+    pub fn age(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// /healthz's verdict: Err names the task that has not beaten within its bound. The bounds
+/// cover the longest wait each task makes by design (a handover's catch-up, a lease grant's
+/// retries), so only a task that is really stuck fails it.
+pub fn liveness(control_age: Duration, lease_age: Duration, config: &Config) -> Result<(), String> {
+    let control_bound = config.catchup_timeout
+        + config.lease_ttl * 3
+        + config.etcd_timeout * 2
+        + Duration::from_secs(5);
+    let lease_bound = config.etcd_timeout * 3 + config.lease_ttl * 2 + Duration::from_secs(5);
+    if control_age > control_bound {
+        return Err(format!(
+            "control loop stuck: no progress for {control_age:?} (bound {control_bound:?})"
+        ));
+    }
+    if lease_age > lease_bound {
+        return Err(format!(
+            "lease task stuck: no progress for {lease_age:?} (bound {lease_bound:?})"
+        ));
+    }
+    Ok(())
 }
 
 impl Shared {
@@ -130,5 +197,40 @@ impl Shared {
     /// A copy of what we know of etcd's storage; the watch guard is released before this returns.
     pub fn etcd_now(&self) -> EtcdStorage {
         self.etcd.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_fails_only_past_the_bounds() {
+        let args = crate::config::Args {
+            server_id: Some("a".into()),
+            node_rpc: Some("http://127.0.0.1:1".into()),
+            execution_rpc: Some("http://127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let config = Config::from_args(&args).expect("config");
+        let ok = Duration::from_secs(1);
+        assert!(liveness(ok, ok, &config).is_ok());
+        // A handover's full catch-up wait is not "stuck"...
+        assert!(liveness(config.catchup_timeout + config.lease_ttl, ok, &config).is_ok());
+        // ...a loop silent for a minute is.
+        let stuck = Duration::from_secs(60);
+        let e = liveness(stuck, ok, &config).expect_err("stuck control loop");
+        assert!(e.contains("control loop"), "{e}");
+        let e = liveness(ok, stuck, &config).expect_err("stuck lease task");
+        assert!(e.contains("lease task"), "{e}");
+    }
+
+    #[test]
+    fn heartbeat_age_restarts_at_each_beat() {
+        let h = Heartbeat::default();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(h.age() >= Duration::from_millis(20));
+        h.beat();
+        assert!(h.age() < Duration::from_millis(20));
     }
 }

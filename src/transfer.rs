@@ -16,6 +16,8 @@ pub enum TransferError {
     Unknown(String),
     #[error("server {0} is not healthy; refusing to transfer leadership to it")]
     Unhealthy(String),
+    #[error("server {0} is not a voter in the cluster membership; it may not lead")]
+    NotVoter(String),
     #[error("server {0} is paused; resume it first")]
     Paused(String),
     #[error("server {id} is not caught up (head {have}, cluster head {want}); refusing to transfer leadership to it")]
@@ -46,6 +48,9 @@ pub async fn transfer_to(s: &Shared, target: &str) -> Result<(), TransferError> 
         .members
         .get(target)
         .ok_or_else(|| TransferError::Unknown(target.to_string()))?;
+    if !view.may_lead(target) {
+        return Err(TransferError::NotVoter(target.to_string()));
+    }
     if member.paused {
         return Err(TransferError::Paused(target.to_string()));
     }

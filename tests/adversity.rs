@@ -18,26 +18,35 @@ const SETTLE: Duration = Duration::from_secs(30);
 const FAILOVER: Duration = Duration::from_secs(40);
 
 /// Bug 1 (S1/S2): a follower wins the key, then is cut off from etcd and gossip while its node
-/// answers every call in 1.9 s. Its take-over used to run with no bound: it started its node
-/// seconds after its lease had lapsed and another sidecar had started (5 forked heights).
-/// Now every await of the take-over is raced against the lease deadline and the start needs
-/// enough lease left, so the cut-off winner gives up and exactly one node sequences.
+/// turns slow (1.9 s per call, just under the 2 s node timeout) exactly where the start path
+/// reads it: `optimism_syncStatus` and `admin_startSequencer`. The start path used to check the
+/// lease once and then wait on the node with no bound: it started its node after its lease had
+/// lapsed and another sidecar had started (forked heights). Now every await of the take-over is
+/// raced against the lease deadline and the start needs TTL/2 of the lease left, so the
+/// cut-off winner gives up and exactly one node sequences. Default lease TTL (3 s), as in the
+/// reproduction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
-    let mut f = Fixture::start(3, FixtureOpts::default().with_proxy()).await;
+    let opts = FixtureOpts::default()
+        .with_proxy()
+        .flag("--lease.ttl", "3s");
+    let mut f = Fixture::start(3, opts).await;
     let old = f.wait_single_active(SETTLE).await;
     let winner = (old + 1) % 3;
     let other = (old + 2) % 3;
-    // Only `winner` may contend when the leader dies.
-    rpc(&f.sidecar(other).url(), "conductor_pause", json!([]))
-        .await
-        .unwrap();
+    // Only `winner` may contend when the leader dies: `other` is cut off from etcd meanwhile.
+    f.proxy(other).partition();
     let leader_dir = f.key("leader/");
     let etcd_url = f.etcd.client_url();
     let won = tokio::spawn({
         let id = Fixture::id(winner);
         async move { etcd::next_put_of(&etcd_url, &leader_dir, &id, FAILOVER).await }
     });
+    // The winner's first take-over call answers after 1 s, which leaves the test time to cut it
+    // off before the start path runs (health checks do not use that method). The lease is
+    // still valid when the start path begins: the old code checked it there, once.
+    f.node(winner)
+        .set_rpc_delay_for(Duration::from_secs(1), &["admin_conductorEnabled"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.sidecar(old).kill();
 
@@ -46,11 +55,12 @@ async fn slow_winner_cut_off_from_etcd_never_starts_after_its_lease() {
     assert!(key.is_some(), "{} never won the key", Fixture::id(winner));
     f.proxy(winner).partition();
     f.node(winner).cut_gossip(true);
-    f.node(winner).set_rpc_delay(Duration::from_millis(1900));
+    f.node(winner).set_rpc_delay_for(
+        Duration::from_millis(1900),
+        &["optimism_syncStatus", "admin_startSequencer"],
+    );
     let before = f.published_by(winner).len();
-    rpc(&f.sidecar(other).url(), "conductor_resume", json!([]))
-        .await
-        .unwrap();
+    f.proxy(other).heal();
 
     // `other` takes over once etcd expires winner's lease; winner must never start meanwhile.
     f.wait_single_active_where(FAILOVER, "the unpaused follower to lead", |i| i == other)
@@ -132,35 +142,51 @@ async fn stopped_election_with_no_leader_does_not_halt_the_chain() {
     f.assert_invariants();
 }
 
-/// Bug 3 (L2, conductor mode): the documented escape hatch — pause every sidecar, override
-/// the leader check on one, force its node active, remove the override, resume — used to end
-/// in a permanent halt: blocks produced under the override never advanced `<prefix>/head`, so
-/// every later commit was refused ("does not extend the committed head"). A new leader now
-/// records the head its node really starts from (verified to contain the committed head) in
-/// one fenced Txn before starting.
+/// Bug 3 (L2, conductor mode), run as op-conductor-ops' escape hatch runs it: pause every
+/// sidecar; `override-leader X` (conductor_overrideLeader(true) on X's sidecar and
+/// admin_overrideLeader on X's op-node); `force-active-sequencer X` (admin_stopSequencer on the
+/// active node, admin_startSequencer(<returned hash>) on X's node); `override-leader X --remove`;
+/// resume. It used to end in a permanent halt: blocks produced under the override never
+/// advanced `<prefix>/head`, so every later commit was refused ("does not extend the committed
+/// head"). A leader now records the head its node really starts from (verified to contain the
+/// committed head) in one fenced Txn before starting, and stops a node started by hand before
+/// restarting its own. X's op-node keeps its node-level override (only a restart clears it):
+/// the test does not restart it, the harder case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn override_recovery_runbook_ends_with_a_producing_chain() {
     let mut f = Fixture::start(3, FixtureOpts::conductor()).await;
-    f.wait_leader_producing(SETTLE).await;
+    let leader = f.wait_leader_producing(SETTLE).await;
     let urls: Vec<String> = (0..3).map(|i| f.sidecar(i).url()).collect();
     for u in &urls {
         rpc(u, "conductor_pause", json!([])).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let x = 1;
+    // Paused means no automatic action: the leader keeps its lease and keeps sequencing.
+    let paused_at = f.chain_height();
+    f.assert_chain_passes(paused_at + 2).await;
+    assert_eq!(f.wait_single_active(SETTLE).await, leader);
+
+    let x = (leader + 1) % 3;
     rpc(&urls[x], "conductor_overrideLeader", json!([true]))
         .await
         .unwrap();
-    let node = f.node(x).node_url();
-    rpc(&node, "admin_overrideLeader", json!([])).await.unwrap();
-    if !f.node(x).is_active() {
-        let head = f.node(x).head();
-        rpc(&node, "admin_startSequencer", json!([head.hash]))
-            .await
-            .unwrap();
-    }
+    let x_node = f.node(x).node_url();
+    rpc(&x_node, "admin_overrideLeader", json!([]))
+        .await
+        .unwrap();
+    let stopped = rpc(&f.node(leader).node_url(), "admin_stopSequencer", json!([]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rpc(&x_node, "admin_startSequencer", json!([stopped]))
+        .await
+        .unwrap();
     let forced_from = f.chain_height();
     f.assert_chain_passes(forced_from + 4).await;
+    assert_eq!(
+        f.active_indexes(),
+        vec![x],
+        "only the forced node sequences"
+    );
     rpc(&urls[x], "conductor_overrideLeader", json!([false]))
         .await
         .unwrap();
@@ -170,14 +196,18 @@ async fn override_recovery_runbook_ends_with_a_producing_chain() {
     // The cluster takes over from the forced sequencer and keeps producing, fenced again.
     let resumed_at = f.chain_height();
     f.assert_chain_passes(resumed_at + 5).await;
-    let leader = f.wait_leader_producing(FAILOVER).await;
+    let producer = f.wait_leader_producing(FAILOVER).await;
+    assert_ne!(
+        producer, x,
+        "the forced node was stopped; a fenced leader produces"
+    );
     let head = f.etcd_json("head").expect("committed head");
     assert!(
-        head["number"].as_u64().unwrap() > forced_from,
+        head["number"].as_u64().unwrap() > resumed_at,
         "the committed head must follow the chain again: {head}"
     );
     f.assert_chain_passes(f.chain_height() + 3).await;
-    assert_eq!(f.wait_single_active(SETTLE).await, leader);
+    f.wait_single_active(SETTLE).await;
     f.assert_invariants();
 }
 

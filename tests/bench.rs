@@ -488,6 +488,8 @@ struct Bench {
     /// (unix ms, node index, active) on every change of a simulated sequencer's state, polled
     /// every 5 ms.
     active_events: ActiveEvents,
+    /// Conductor mode: sidecars start (and restart) paused and are resumed by the bench.
+    conductor: bool,
     observers: Vec<JoinHandle<()>>,
 }
 
@@ -505,6 +507,13 @@ fn id(i: usize) -> String {
 
 impl Bench {
     async fn start(n: usize, etcd_proxy: bool, rust_log: &str) -> Bench {
+        Self::start_mode(n, etcd_proxy, rust_log, false).await
+    }
+
+    /// `conductor`: every node commits through its own sidecar (op-node `--conductor.rpc`).
+    /// The sidecars start paused and are resumed once every node knows its conductor, so the
+    /// first leader already runs in conductor mode.
+    async fn start_mode(n: usize, etcd_proxy: bool, rust_log: &str, conductor: bool) -> Bench {
         let etcd = Etcd::start().await;
         let sim = SimHost::start(op_node_sim::ClusterConfig {
             nodes: n,
@@ -572,21 +581,32 @@ impl Bench {
         for (i, p) in proxies.iter().enumerate() {
             let endpoints = p.as_ref().map_or_else(|| etcd.client_url(), TcpProxy::url);
             let node = sim.node(i);
-            sidecars.push(
-                SidecarBuilder::new(
-                    &id(i),
-                    &node.node_url(),
-                    &node.geth_url(),
-                    &endpoints,
-                    &prefix,
-                )
-                .flag("--lease.ttl", LEASE_TTL)
-                .flag("--healthcheck.interval", HC_INTERVAL)
-                .flag("--healthcheck.unsafe-interval", UNSAFE_INTERVAL)
-                .env("RUST_LOG", rust_log)
-                .start()
-                .await,
-            );
+            let mut builder = SidecarBuilder::new(
+                &id(i),
+                &node.node_url(),
+                &node.geth_url(),
+                &endpoints,
+                &prefix,
+            )
+            .flag("--lease.ttl", LEASE_TTL)
+            .flag("--healthcheck.interval", HC_INTERVAL)
+            .flag("--healthcheck.unsafe-interval", UNSAFE_INTERVAL)
+            .env("RUST_LOG", rust_log);
+            if conductor {
+                builder = builder.paused();
+            }
+            sidecars.push(builder.start().await);
+        }
+        if conductor {
+            let http = Http::new();
+            for (i, sc) in sidecars.iter().enumerate() {
+                sim.node(i).set_conductor(Some(sc.url()));
+            }
+            for sc in &sidecars {
+                http.call(&sc.url(), "conductor_resume", json!([]))
+                    .await
+                    .expect("conductor_resume");
+            }
         }
         Bench {
             sidecars,
@@ -599,11 +619,22 @@ impl Bench {
             leader_events,
             active_events,
             observers,
+            conductor,
         }
     }
 
     fn n(&self) -> usize {
         self.sidecars.len()
+    }
+
+    /// Restarts sidecar `i` with its original flags (resuming it in conductor mode, where it
+    /// starts paused).
+    async fn restart_sidecar(&mut self, i: usize) {
+        self.sidecars[i].restart().await;
+        if self.conductor {
+            let url = self.sidecars[i].url();
+            let _ = self.http.call(&url, "conductor_resume", json!([])).await;
+        }
     }
 
     /// One observation of the steady state; Ok(leader index) or why not.
@@ -1375,16 +1406,20 @@ enum Fault {
     SidecarStop,
     EtcdPartition,
     SidecarTerm,
+    /// The leader's op-node accepts connections but never answers (its RPC hangs; it keeps
+    /// producing until stopped or, in conductor mode, until its commits are refused).
+    NodeHang,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 7] = [
         Fault::SidecarKill,
         Fault::NodeCrash,
         Fault::NodeStall,
         Fault::SidecarStop,
         Fault::EtcdPartition,
         Fault::SidecarTerm,
+        Fault::NodeHang,
     ];
 
     fn label(self) -> &'static str {
@@ -1395,6 +1430,7 @@ impl Fault {
             Fault::SidecarStop => "leader sidecar SIGSTOP",
             Fault::EtcdPartition => "leader cut from etcd (blackhole)",
             Fault::SidecarTerm => "graceful SIGTERM of leader sidecar",
+            Fault::NodeHang => "leader node hang (accepts, never answers)",
         }
     }
 
@@ -1406,12 +1442,13 @@ impl Fault {
             Fault::SidecarStop => "sigstop",
             Fault::EtcdPartition => "partition",
             Fault::SidecarTerm => "sigterm",
+            Fault::NodeHang => "node-hang",
         }
     }
 
     /// Detected by the health check, so subject to the new-leader health grace.
     fn health_based(self) -> bool {
-        matches!(self, Fault::NodeCrash | Fault::NodeStall)
+        matches!(self, Fault::NodeCrash | Fault::NodeStall | Fault::NodeHang)
     }
 }
 
@@ -1473,19 +1510,21 @@ async fn inject(b: &mut Bench, fault: Fault, old: usize) {
         Fault::SidecarStop => b.sidecars[old].pause(),
         Fault::EtcdPartition => b.proxies[old].as_ref().unwrap().partition(),
         Fault::SidecarTerm => b.sidecars[old].terminate(),
+        Fault::NodeHang => b.sim.node(old).hang(true),
     }
 }
 
 async fn recover(b: &mut Bench, fault: Fault, old: usize) -> String {
     match fault {
-        Fault::SidecarKill => b.sidecars[old].restart().await,
+        Fault::SidecarKill => b.restart_sidecar(old).await,
         Fault::NodeCrash => b.sim.restart_node(old).await,
         Fault::NodeStall => b.sim.node(old).stall_head(false),
         Fault::SidecarStop => b.sidecars[old].resume(),
         Fault::EtcdPartition => b.proxies[old].as_ref().unwrap().heal(),
+        Fault::NodeHang => b.sim.node(old).hang(false),
         Fault::SidecarTerm => {
             let status = b.sidecars[old].wait_exit(Duration::from_secs(15)).await;
-            b.sidecars[old].restart().await;
+            b.restart_sidecar(old).await;
             return match status {
                 Some(s) if s.success() => String::new(),
                 Some(s) => format!("SIGTERM exit status {s}"),
@@ -1597,11 +1636,28 @@ async fn failover_run(b: &mut Bench, fault: Fault, run: usize) -> Result<Run, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with deploy/bench.sh"]
 async fn c_failover() {
+    failover_bench(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with deploy/bench.sh"]
+async fn c_failover_conductor() {
+    failover_bench(true).await;
+}
+
+async fn failover_bench(conductor: bool) {
     let runs = env_usize("BENCH_RUNS", 20).max(1);
-    let mut r = Report::new(&format!("Failover time per fault kind ({runs} runs each)"));
+    let mode = if conductor {
+        "conductor mode"
+    } else {
+        "sidecar-driven mode"
+    };
+    let mut r = Report::new(&format!(
+        "Failover time per fault kind, {mode} ({runs} runs each)"
+    ));
     r.line(&settings_line());
     r.line(&format!(
-        "Setup: three sidecars (sidecar-driven mode, debug logs) on one etcd, each behind its \
+        "Setup: three sidecars ({mode}, debug logs) on one etcd, each behind its \
          own TCP proxy to etcd (so any leader can be cut off), and three simulated op-nodes. \
          One cluster for all runs; the fault kinds take turns (round-robin), each run waits \
          for a settled cluster first: one active sequencer, every sidecar naming it with \
@@ -1643,7 +1699,7 @@ async fn c_failover() {
          and resigns at once. The handover itself (stop the old node, check the head, start) \
          takes a few ms in every kind.\n",
     );
-    let mut b = Bench::start(3, true, "info,op_sidecar=debug").await;
+    let mut b = Bench::start_mode(3, true, "info,op_sidecar=debug", conductor).await;
     let began = Instant::now();
     let mut results: Vec<Run> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -1793,9 +1849,14 @@ async fn c_failover() {
             x.clean
         );
     }
-    let csv_path = dir.join("bench-failover-runs.csv");
+    let tag = if conductor {
+        "failover-conductor"
+    } else {
+        "failover"
+    };
+    let csv_path = dir.join(format!("bench-{tag}-runs.csv"));
     let _ = std::fs::write(&csv_path, csv);
-    let logs = b.keep_logs("failover");
+    let logs = b.keep_logs(tag);
     let mut mem = String::new();
     for sc in &mut b.sidecars {
         if sc.is_running() {

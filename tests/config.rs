@@ -318,3 +318,73 @@ ttl = "5s"
         "default lease.ttl"
     );
 }
+
+/// Migration from op-conductor: its flag and environment names work where the meaning is the
+/// same, and its raft-only flags are accepted with one line saying what replaces each.
+#[test]
+fn op_conductor_names_are_accepted() {
+    let bin = env!("CARGO_BIN_EXE_op-sidecar");
+    let out = std::process::Command::new(bin)
+        .args([
+            "config",
+            "--raft.server.id",
+            "seq-a",
+            "--execution.rpc",
+            "http://127.0.0.1:8545",
+            "--raft.bootstrap",
+            "--consensus.port",
+            "50050",
+        ])
+        .env("OP_CONDUCTOR_NODE_RPC", "http://127.0.0.1:9545")
+        .env("OP_CONDUCTOR_HEALTHCHECK_INTERVAL", "2")
+        .env("OP_CONDUCTOR_PAUSED", "true")
+        .env_remove("OP_SIDECAR_NODE_RPC")
+        .output()
+        .expect("run op-sidecar config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(cfg["server.id"], "seq-a");
+    assert_eq!(cfg["node.rpc"], "http://127.0.0.1:9545");
+    assert_eq!(cfg["healthcheck.interval"], "2s");
+    assert_eq!(cfg["paused"], true);
+    // An OP_SIDECAR_* variable wins over the op-conductor one.
+    let out = std::process::Command::new(bin)
+        .args([
+            "config",
+            "--server.id",
+            "a",
+            "--execution.rpc",
+            "http://127.0.0.1:8545",
+        ])
+        .env("OP_CONDUCTOR_NODE_RPC", "http://127.0.0.1:9545")
+        .env("OP_SIDECAR_NODE_RPC", "http://127.0.0.1:7545")
+        .output()
+        .expect("run op-sidecar config");
+    let cfg: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(cfg["node.rpc"], "http://127.0.0.1:7545");
+}
+
+#[test]
+fn op_conductor_only_flags_are_reported_with_their_replacement() {
+    use clap::Parser;
+    let cli = op_sidecar::config::Cli::try_parse_from([
+        "op-sidecar",
+        "run",
+        "--raft.bootstrap",
+        "--raft.storage.dir",
+        "/data/raft",
+        "--rpc.enable-admin",
+    ])
+    .expect("op-conductor flags parse");
+    let op_sidecar::config::Command::Run(args) = cli.command else {
+        panic!("run")
+    };
+    let lines = args.conductor_only.replaced();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].contains("--raft.bootstrap") && lines[0].contains("membership"));
+    assert!(lines[1].contains("--etcd.endpoints"));
+}

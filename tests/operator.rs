@@ -371,3 +371,24 @@ async fn second_signal_during_shutdown_exits_immediately() {
     f.wait_new_leader(leader, FAILOVER).await;
     f.assert_invariants();
 }
+
+/// SIGHUP used to kill the sidecar without resigning (the default action): the leader's node
+/// kept sequencing and the key stayed until the lease expired. It is now a graceful stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_on_leader_is_a_graceful_stop() {
+    let mut f = Fixture::start(3, FixtureOpts::default()).await;
+    let old = f.wait_single_active(SETTLE).await;
+    f.sidecar(old).signal(libc::SIGHUP);
+    let status = f
+        .sidecar(old)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the sidecar must exit within 10 s of SIGHUP");
+    assert_eq!(status.code(), Some(0), "exit status after SIGHUP: {status}");
+    assert!(!f.node(old).is_active(), "its node must be stopped");
+    assert!(f.sidecar(old).log().contains("SIGHUP received"));
+    assert!(f.sidecar(old).log().contains("resigned"));
+    f.wait_new_leader(old, FAILOVER).await;
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}

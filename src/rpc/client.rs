@@ -3,14 +3,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::{header, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
+use super::auth::JwtSecret;
 use super::error::ErrorObject;
 use super::types::{to_raw, OutRequest, Response};
 
@@ -29,6 +33,24 @@ pub enum CallError {
     Rpc(ErrorObject),
     #[error("{url} sent an undecodable answer: {reason}")]
     Decode { url: String, reason: String },
+    /// The answer was not buffered: over the size limit, or the caller's gate refused it.
+    #[error("answer from {url} refused: {reason}")]
+    TooLarge { url: String, reason: String },
+}
+
+/// Admits each chunk of an answer before it is buffered; an error ends the call. Lets the RPC
+/// server count proxied answers against its byte budget while they arrive.
+pub trait AnswerGate: Sync {
+    fn admit(&self, bytes: usize) -> Result<(), String>;
+}
+
+/// Admits everything (up to the client's own size limit).
+pub struct Ungated;
+
+impl AnswerGate for Ungated {
+    fn admit(&self, _bytes: usize) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl CallError {
@@ -49,6 +71,9 @@ impl CallError {
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    /// The cluster's JWT secret and this sidecar's id: calls to other sidecars carry a fresh
+    /// token, since forwarded control calls need one there too.
+    peer_auth: Option<(Arc<JwtSecret>, Arc<str>)>,
 }
 
 impl Default for HttpClient {
@@ -67,7 +92,43 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(16)
             .build(connector);
-        HttpClient { inner }
+        HttpClient {
+            inner,
+            peer_auth: None,
+        }
+    }
+
+    /// Signs calls made with [`call_peer`](Self::call_peer) with `secret`, as `server_id`.
+    pub fn with_peer_auth(mut self, secret: Arc<JwtSecret>, server_id: &str) -> Self {
+        self.peer_auth = Some((secret, Arc::from(server_id)));
+        self
+    }
+
+    /// The cluster secret, if one is configured.
+    pub fn cluster_secret(&self) -> Option<&Arc<JwtSecret>> {
+        self.peer_auth.as_ref().map(|(s, _)| s)
+    }
+
+    /// Calls another sidecar: marked as forwarded (it is never forwarded again) and, with a
+    /// cluster secret, carrying a fresh token.
+    pub async fn call_peer(
+        &self,
+        url: &str,
+        method: &str,
+        params: &RawValue,
+        timeout: Duration,
+        gate: &dyn AnswerGate,
+    ) -> Result<Box<RawValue>, CallError> {
+        let bearer = self
+            .peer_auth
+            .as_ref()
+            .map(|(s, id)| format!("Bearer {}", s.peer_token(id)));
+        let mut headers: Vec<(&'static str, &str)> = vec![(super::server::FORWARDED, "1")];
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        self.call_raw_gated(url, method, params, &headers, timeout, gate)
+            .await
     }
 
     /// POSTs a body and returns the status and the whole answer, all within `timeout`.
@@ -77,6 +138,18 @@ impl HttpClient {
         body: Bytes,
         extra: &[(&'static str, &str)],
         timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        self.post_gated(url, body, extra, timeout, &Ungated).await
+    }
+
+    /// As [`post`](Self::post), with every chunk of the answer admitted by `gate` first.
+    pub async fn post_gated(
+        &self,
+        url: &str,
+        body: Bytes,
+        extra: &[(&'static str, &str)],
+        timeout: Duration,
+        gate: &dyn AnswerGate,
     ) -> Result<(StatusCode, Bytes), CallError> {
         let fut = async {
             let mut req = Request::post(url).header(header::CONTENT_TYPE, "application/json");
@@ -98,15 +171,27 @@ impl HttpClient {
                     reason: error_chain(&e),
                 })?;
             let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| CallError::Transport {
+            let too_large = |reason: String| CallError::TooLarge {
+                url: url.to_string(),
+                reason,
+            };
+            let mut body = resp.into_body();
+            let mut buf = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| CallError::Transport {
                     url: url.to_string(),
                     reason: e.to_string(),
-                })?
-                .to_bytes();
-            Ok((status, bytes))
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if buf.len() + data.len() > MAX_RESPONSE {
+                    return Err(too_large(format!("larger than {MAX_RESPONSE} bytes")));
+                }
+                gate.admit(data.len()).map_err(too_large)?;
+                buf.extend_from_slice(&data);
+            }
+            Ok((status, buf.freeze()))
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -136,6 +221,20 @@ impl HttpClient {
         headers: &[(&'static str, &str)],
         timeout: Duration,
     ) -> Result<Box<RawValue>, CallError> {
+        self.call_raw_gated(url, method, params, headers, timeout, &Ungated)
+            .await
+    }
+
+    /// As [`call_raw_with`](Self::call_raw_with), with the answer admitted chunk by chunk by `gate`.
+    pub async fn call_raw_gated(
+        &self,
+        url: &str,
+        method: &str,
+        params: &RawValue,
+        headers: &[(&'static str, &str)],
+        timeout: Duration,
+        gate: &dyn AnswerGate,
+    ) -> Result<Box<RawValue>, CallError> {
         let id = to_raw(&1);
         let body = serde_json::to_vec(&OutRequest {
             jsonrpc: "2.0",
@@ -147,7 +246,9 @@ impl HttpClient {
             url: url.to_string(),
             reason: e.to_string(),
         })?;
-        let (status, bytes) = self.post(url, Bytes::from(body), headers, timeout).await?;
+        let (status, bytes) = self
+            .post_gated(url, Bytes::from(body), headers, timeout, gate)
+            .await?;
         let resp: Response = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(_) if !status.is_success() => {

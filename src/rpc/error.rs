@@ -10,6 +10,8 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// op-node reports every handler error as -32000 with the Go error text as message.
 pub const SERVER_ERROR: i64 = -32000;
+/// EIP-1474 "limit exceeded": the server is too busy or an answer too large; retry later or ask less.
+pub const LIMIT_EXCEEDED: i64 = -32005;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorObject {
@@ -62,6 +64,12 @@ pub enum RpcError {
     Upstream(ErrorObject),
     #[error("request timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// A listener limit (buffered bytes, permits, answer size) refused the call; nothing changed.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A control method without a valid token while a JWT secret is configured; nothing changed.
+    #[error("{0}")]
+    Unauthorized(#[from] super::auth::TokenError),
 }
 
 impl From<&RpcError> for ErrorObject {
@@ -76,6 +84,8 @@ impl From<&RpcError> for ErrorObject {
             RpcError::Etcd(_) => ErrorObject::new(SERVER_ERROR, e.to_string()),
             RpcError::Upstream(obj) => obj.clone(),
             RpcError::Timeout(_) => ErrorObject::new(SERVER_ERROR, e.to_string()),
+            RpcError::LimitExceeded(msg) => ErrorObject::new(LIMIT_EXCEEDED, msg.clone()),
+            RpcError::Unauthorized(_) => ErrorObject::new(super::auth::UNAUTHORIZED, e.to_string()),
         }
     }
 }

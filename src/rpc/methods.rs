@@ -9,19 +9,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::client::CallError;
-use super::server::FORWARDED;
+use super::client::{AnswerGate, CallError};
 use crate::commit::{CommitError, Envelope};
 
 use super::error::RpcError;
 use super::proxy::{self, Upstream};
 use super::types::{raw_empty_params, raw_null, to_raw};
 use crate::cluster;
+use crate::state::{Server, NONVOTER, VOTER};
 use crate::status::{Command, Shared, VERSION};
 use crate::transfer::{self, TransferError};
 
 /// Every method name answered here, for metric labels (unknown names are folded into one label).
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "coordinator_getMaster",
     "coordinator_getActiveSequencer",
     "coordinator_setMaster",
@@ -56,7 +56,11 @@ const KNOWN: &[&str] = &[
     "conductor_addServerAsVoter",
     "conductor_addServerAsNonvoter",
     "conductor_removeServer",
+    "conductor_demoteVoter",
+    "health_status",
+    "rpc_modules",
     "miner_setMaxDASize",
+    "sidecar_status",
 ];
 
 pub fn is_known(method: &str) -> bool {
@@ -105,11 +109,22 @@ impl From<TransferError> for RpcError {
     }
 }
 
+/// What a call needs to know about the request it came in.
+pub struct CallCtx<'a> {
+    /// Sent by another sidecar: never forwarded again.
+    pub forwarded: bool,
+    /// Admits the bytes of proxied answers (the request's share of the server's byte budget).
+    pub gate: &'a dyn AnswerGate,
+    /// When the request started to arrive and how long its body took to read (the commit
+    /// metrics' `receive` and `total` stages).
+    pub received: (Instant, Duration),
+}
+
 pub async fn call(
     s: &Shared,
     method: &str,
     p: Option<&RawValue>,
-    forwarded: bool,
+    ctx: &CallCtx<'_>,
 ) -> Result<Box<RawValue>, RpcError> {
     match method {
         // === coordinator_* (the op-coordinator seed design) ===
@@ -154,6 +169,18 @@ pub async fn call(
                 .stopped
                 .map(|st| st.hash))
         }
+        // op-service's RPC server registers these on every OP Stack service's RPC port.
+        "health_status" => {
+            let () = no_params(p)?;
+            ok(VERSION)
+        }
+        "rpc_modules" => {
+            let () = no_params(p)?;
+            ok(json!({
+                "admin": "1.0", "conductor": "1.0", "coordinator": "1.0", "eth": "1.0",
+                "health": "1.0", "miner": "1.0", "optimism": "1.0", "rpc": "1.0",
+            }))
+        }
         "coordinator_version" => {
             let () = no_params(p)?;
             ok(VERSION)
@@ -169,10 +196,10 @@ pub async fn call(
         | "optimism_rollupConfig"
         | "optimism_version"
         | "admin_sequencerActive" => {
-            proxy::forward(s, Upstream::OpNode, method, &raw_params(p), forwarded).await
+            proxy::forward(s, Upstream::OpNode, method, &raw_params(p), ctx).await
         }
         "eth_getBlockByNumber" => {
-            proxy::forward(s, Upstream::OpGeth, method, &raw_params(p), forwarded).await
+            proxy::forward(s, Upstream::OpGeth, method, &raw_params(p), ctx).await
         }
 
         // === conductor_* (op-conductor's API) ===
@@ -187,7 +214,7 @@ pub async fn call(
             let started = Instant::now();
             let envelope = crate::commit::scan_param(p.map_or("[]", RawValue::get))
                 .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
-            commit_unsafe_payload(s, &envelope, started).await
+            commit_unsafe_payload(s, &envelope, started, ctx.received).await
         }
         "conductor_overrideLeader" => {
             let (on,): (bool,) = params(p)?;
@@ -205,11 +232,24 @@ pub async fn call(
         }
         "conductor_transferLeader" => {
             let () = no_params(p)?;
+            if s.leader_now().is_none() {
+                // op-conductor swallows raft's not-leader error: on a follower this is a no-op.
+                tracing::info!("conductor_transferLeader on a follower: nothing to do");
+                return Ok(raw_null());
+            }
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
-            let me = view.leader.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+            let me = view
+                .leader
+                .as_ref()
+                .map(|l| l.id.clone())
+                .unwrap_or_default();
             let head = view.leader_member().and_then(|m| m.head.clone());
-            let target = crate::cluster::best_candidate(&view, &me, head.as_ref())
-                .ok_or_else(|| RpcError::Server("no healthy, caught-up server to transfer leadership to".into()))?;
+            let target =
+                crate::cluster::best_candidate(&view, &me, head.as_ref()).ok_or_else(|| {
+                    RpcError::Server(
+                        "no healthy, caught-up server to transfer leadership to".into(),
+                    )
+                })?;
             transfer::transfer_to(s, &target).await?;
             Ok(raw_null())
         }
@@ -227,17 +267,96 @@ pub async fn call(
         "conductor_clusterMembership" => {
             let () = no_params(p)?;
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
-            let servers: Vec<_> = view.members.values().map(|m| json!({"id": m.id, "addr": m.rpc, "suffrage": 0})).collect();
-            ok(json!({"servers": servers, "version": view.revision}))
+            ok(cluster::effective_membership(&view))
         }
-        "conductor_addServerAsVoter" | "conductor_addServerAsNonvoter" | "conductor_removeServer" => Err(RpcError::Server(format!(
-            "{method} is a raft operation: op-sidecar has no raft membership. Membership is the set of live sidecars registered in etcd; start or stop a sidecar to change it"
-        ))),
-        "miner_setMaxDASize" => set_max_da_size(s, p, forwarded).await,
+        "conductor_addServerAsVoter" | "conductor_addServerAsNonvoter" => {
+            let (id, addr, version) = server_params(p)?;
+            let suffrage = if method == "conductor_addServerAsVoter" {
+                VOTER
+            } else {
+                NONVOTER
+            };
+            let m = cluster::update_membership(&s.election, version, |servers| {
+                match servers.iter_mut().find(|x| x.id == id) {
+                    // Raft: adding an existing voter as a voter is a no-op; adding a voter as a
+                    // non-voter leaves it a voter (demote with conductor_demoteVoter).
+                    Some(x) => {
+                        let promote = suffrage == VOTER && x.suffrage != VOTER;
+                        let moved = !addr.is_empty() && x.addr != addr;
+                        if promote {
+                            x.suffrage = VOTER;
+                        }
+                        if moved {
+                            x.addr = addr.clone();
+                        }
+                        promote || moved
+                    }
+                    None => {
+                        servers.push(Server {
+                            id: id.clone(),
+                            addr: addr.clone(),
+                            suffrage,
+                        });
+                        true
+                    }
+                }
+            })
+            .await
+            .map_err(membership_error)?;
+            tracing::info!(
+                id,
+                addr,
+                suffrage,
+                version = m.version,
+                "membership: server added"
+            );
+            Ok(raw_null())
+        }
+        "conductor_removeServer" | "conductor_demoteVoter" => {
+            let (id, version): (String, u64) = params(p)?;
+            let demote = method == "conductor_demoteVoter";
+            let m = cluster::update_membership(&s.election, version, |servers| {
+                if demote {
+                    match servers
+                        .iter_mut()
+                        .find(|x| x.id == id && x.suffrage == VOTER)
+                    {
+                        Some(x) => {
+                            x.suffrage = NONVOTER;
+                            true
+                        }
+                        None => false,
+                    }
+                } else {
+                    let before = servers.len();
+                    servers.retain(|x| x.id != id);
+                    servers.len() != before
+                }
+            })
+            .await
+            .map_err(membership_error)?;
+            tracing::info!(
+                id,
+                demote,
+                version = m.version,
+                "membership: server removed or demoted"
+            );
+            Ok(raw_null())
+        }
+        "miner_setMaxDASize" => set_max_da_size(s, p, ctx.forwarded).await,
+        // This sidecar's own view, from memory (no etcd or node call): `op-sidecar ctl status`
+        // asks every member for it.
+        "sidecar_status" => {
+            let () = no_params(p)?;
+            ok(local_status(s))
+        }
         "conductor_leaderWithID" => {
             let () = no_params(p)?;
             let leader = s.election.leader().await.map_err(etcd)?;
             let view = cluster::read_view(&s.election).await.map_err(etcd)?;
+            if s.leader_override.load(Ordering::SeqCst) {
+                return ok(json!({"id": "N/A (Leader overridden)", "addr": "N/A", "suffrage": 0}));
+            }
             match leader {
                 Some(l) => {
                     let addr = view
@@ -245,15 +364,24 @@ pub async fn call(
                         .get(&l.id)
                         .map(|m| m.rpc.clone())
                         .unwrap_or_default();
-                    ok(json!({"id": l.id, "addr": addr, "suffrage": 0}))
+                    let suffrage = view
+                        .membership
+                        .as_ref()
+                        .and_then(|(m, _)| m.get(&l.id).map(|x| x.suffrage))
+                        .unwrap_or(VOTER);
+                    ok(json!({"id": l.id, "addr": addr, "suffrage": suffrage}))
                 }
-                None => Err(RpcError::Server("no leader".into())),
+                // op-conductor answers an empty server, not an error.
+                None => ok(json!({"id": "", "addr": "", "suffrage": 0})),
             }
         }
         "conductor_active" => {
             let () = no_params(p)?;
-            let st = s.status.borrow();
-            ok(!st.paused && !st.stopped && !st.shutting_down)
+            let (paused, stopped, shutting_down) = {
+                let st = s.status.borrow();
+                (st.paused, st.stopped, st.shutting_down)
+            };
+            ok(!paused && !stopped && !shutting_down)
         }
         "conductor_paused" => {
             let () = no_params(p)?;
@@ -261,14 +389,21 @@ pub async fn call(
         }
         "conductor_stopped" => {
             let () = no_params(p)?;
-            let st = s.status.borrow();
-            ok(st.stopped || st.shutting_down)
+            let (stopped, shutting_down) = {
+                let st = s.status.borrow();
+                (st.stopped, st.shutting_down)
+            };
+            ok(stopped || shutting_down)
         }
         "conductor_stop" => {
             let () = no_params(p)?;
             let (tx, rx) = oneshot::channel();
-            s.commands.send(Command::Stop(tx)).await.map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
-            rx.await.map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
+            s.commands
+                .send(Command::Stop(tx))
+                .await
+                .map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
+            rx.await
+                .map_err(|_| RpcError::Server("sidecar is shutting down".into()))?;
             Ok(raw_null())
         }
         "conductor_sequencerHealthy" => {
@@ -281,6 +416,34 @@ pub async fn call(
             Ok(raw_null())
         }
         _ => Err(RpcError::MethodNotFound(method.to_string())),
+    }
+}
+
+/// `(id, addr, version)` of the add-server calls; op-conductor-ops sends all three.
+fn server_params(p: Option<&RawValue>) -> Result<(String, String, u64), RpcError> {
+    let v: Vec<serde_json::Value> = params(p)?;
+    let id = v
+        .first()
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| RpcError::InvalidParams("argument 0 must be a server id".into()))?;
+    let addr = v
+        .get(1)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let version = match v.get(2) {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| RpcError::InvalidParams("argument 2 must be a version number".into()))?,
+    };
+    Ok((id.to_string(), addr.to_string(), version))
+}
+
+fn membership_error(e: cluster::MembershipError) -> RpcError {
+    match e {
+        cluster::MembershipError::Etcd(e) => etcd(e),
+        other => RpcError::Server(other.to_string()),
     }
 }
 
@@ -309,7 +472,9 @@ fn request_building_block(s: &Shared, id: &str) -> Result<Box<RawValue>, RpcErro
         }
         return Err(RpcError::Server("unmatched active sequencer".into()));
     }
-    match s.status.borrow().leader.as_ref() {
+    // Copied out: a guard held by a `match` scrutinee lives through every arm.
+    let leader = s.status.borrow().leader.clone();
+    match leader {
         None => Err(RpcError::Server("empty active sequencer".into())),
         Some(l) if l.id != id => Err(RpcError::Server("unmatched active sequencer".into())),
         Some(_) => Err(RpcError::Server(format!(
@@ -336,6 +501,7 @@ async fn commit_unsafe_payload(
     s: &Shared,
     envelope: &Envelope<'_>,
     started: Instant,
+    (arrived, receive): (Instant, Duration),
 ) -> Result<Box<RawValue>, RpcError> {
     let scanned = started.elapsed();
     let Some(l) = s.leader_now() else {
@@ -353,8 +519,7 @@ async fn commit_unsafe_payload(
     {
         Ok(c) => {
             s.metrics.action("commit", "ok");
-            // From the first byte of the request (when the server says) to now.
-            let (arrived, receive) = super::server::received().unwrap_or((started, Duration::ZERO));
+            // From the first byte of the request to now.
             let (decode, total) = (scanned + c.pack, arrived.elapsed());
             if c.new {
                 let m = &s.metrics;
@@ -412,12 +577,12 @@ async fn set_max_da_size(
                 .map(|m| m.rpc.clone())
                 .collect();
             let calls = peers.iter().map(|url| {
-                s.http.call_raw_with(
+                s.http.call_peer(
                     url,
                     "miner_setMaxDASize",
                     &params,
-                    &[(FORWARDED, "1")],
                     timeout,
+                    &super::client::Ungated,
                 )
             });
             for (url, r) in peers
@@ -433,6 +598,41 @@ async fn set_max_da_size(
     local.map_err(|e| match e {
         CallError::Rpc(obj) => RpcError::Upstream(obj),
         other => RpcError::Server(format!("op-geth: {other}")),
+    })
+}
+
+/// `sidecar_status`: what this sidecar knows about itself, copied out of the watch channels.
+fn local_status(s: &Shared) -> serde_json::Value {
+    let st = s.status_now();
+    let health = s.health_now();
+    let leading = s.leader_now();
+    let lease_left = (*s.lease.borrow()).map(|l| {
+        l.valid_until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as u64
+    });
+    json!({
+        "id": s.config.server_id,
+        "version": VERSION,
+        "commit": crate::status::COMMIT,
+        "role": format!("{:?}", st.role).to_lowercase(),
+        "leader": leading.is_some(),
+        "epoch": leading.map(|l| l.epoch),
+        "paused": st.paused,
+        "stopped": st.stopped,
+        "healthy": health.healthy,
+        "problems": health.summary(),
+        "node_reachable": health.reachable,
+        "unsafe_head": health.head.as_ref().map(|h| json!({
+            "number": h.number,
+            "hash": h.hash,
+            "timestamp": health.head_time,
+        })),
+        "election_stopped": st.election_stopped,
+        "leader_overridden": s.leader_override.load(Ordering::SeqCst),
+        "etcd_reachable": st.etcd_reachable,
+        "lease_time_left_ms": lease_left,
+        "mode": format!("{:?}", st.mode).to_lowercase(),
     })
 }
 

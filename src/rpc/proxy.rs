@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::client::CallError;
 use super::error::RpcError;
-use super::server::FORWARDED;
+use super::methods::CallCtx;
 use crate::status::Shared;
 
 /// Which of the leader's processes answers a method.
@@ -25,6 +25,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 fn upstream_error(e: CallError) -> RpcError {
     match e {
         CallError::Rpc(obj) => RpcError::Upstream(obj),
+        CallError::TooLarge { reason, .. } => RpcError::LimitExceeded(reason),
         other => RpcError::Server(format!("leader unreachable: {other}")),
     }
 }
@@ -34,7 +35,7 @@ pub async fn forward(
     upstream: Upstream,
     method: &str,
     params: &RawValue,
-    forwarded: bool,
+    ctx: &CallCtx<'_>,
 ) -> Result<Box<RawValue>, RpcError> {
     if s.leader_now().is_some() {
         let url = match upstream {
@@ -43,11 +44,11 @@ pub async fn forward(
         };
         return s
             .http
-            .call_raw(url, method, params, FORWARD_TIMEOUT)
+            .call_raw_gated(url, method, params, &[], FORWARD_TIMEOUT, ctx.gate)
             .await
             .map_err(upstream_error);
     }
-    if forwarded {
+    if ctx.forwarded {
         return Err(RpcError::Server(NOT_LEADER.into()));
     }
     let leader = s.status.borrow().leader.clone();
@@ -64,7 +65,7 @@ pub async fn forward(
                 )));
             };
             s.http
-                .call_raw_with(&url, method, params, &[(FORWARDED, "1")], FORWARD_TIMEOUT)
+                .call_peer(&url, method, params, FORWARD_TIMEOUT, ctx.gate)
                 .await
                 .map_err(upstream_error)
         }

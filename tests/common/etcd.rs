@@ -41,8 +41,26 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> String {
 
 /// Runs etcdctl and returns stdout, or stderr (and exit status) as the error.
 pub fn etcdctl_try(endpoints: &str, args: &[&str]) -> Result<String, String> {
+    etcdctl_tls_try(endpoints, None, args)
+}
+
+/// As [`etcdctl_try`], over TLS with the client certificate of `tls` when given.
+pub fn etcdctl_tls_try(
+    endpoints: &str,
+    tls: Option<&EtcdTls>,
+    args: &[&str],
+) -> Result<String, String> {
     let bin = etcdctl_bin();
-    let out = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    if let Some(t) = tls {
+        cmd.arg("--cacert")
+            .arg(&t.ca)
+            .arg("--cert")
+            .arg(&t.client_cert)
+            .arg("--key")
+            .arg(&t.client_key);
+    }
+    let out = cmd
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(endpoints)
@@ -62,6 +80,114 @@ pub fn etcdctl_try(endpoints: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Certificates for an etcd with `--client-cert-auth`, made with `openssl` in a temp dir: a CA,
+/// a server certificate for 127.0.0.1, a client certificate signed by the CA, and a second CA
+/// with its own client certificate that etcd does not trust.
+#[derive(Debug)]
+pub struct EtcdTls {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+    pub other_client_cert: PathBuf,
+    pub other_client_key: PathBuf,
+}
+
+impl EtcdTls {
+    pub fn generate() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("op-sidecar-certs-")
+            .tempdir()
+            .expect("cert temp dir");
+        let d = dir.path().to_path_buf();
+        let p = |n: &str| d.join(n);
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(&d)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl ({e}): these tests need it"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ca in ["ca", "other-ca"] {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
+        }
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("write ext");
+        std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write ext");
+        let leaf = |name: &str, ca: &str, ext: &str| {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        };
+        leaf("server", "ca", "server.ext");
+        leaf("client", "ca", "client.ext");
+        leaf("other-client", "other-ca", "client.ext");
+        Self {
+            ca: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+            client_cert: p("client.pem"),
+            client_key: p("client.key"),
+            other_ca: p("other-ca.pem"),
+            other_client_cert: p("other-client.pem"),
+            other_client_key: p("other-client.key"),
+            dir,
+        }
+    }
+}
+
 // === impl Member ===
 
 /// One etcd process: its identity, ports and data dir survive restarts.
@@ -73,6 +199,9 @@ struct Member {
     child: Option<Child>,
     /// Extra etcd flags (e.g. `--quota-backend-bytes`), kept across restarts.
     extra: Vec<String>,
+    tls: Option<std::sync::Arc<EtcdTls>>,
+    /// `user:password` etcdctl authenticates as (once RBAC is enabled).
+    ctl_user: Option<String>,
 }
 
 impl Member {
@@ -88,11 +217,25 @@ impl Member {
             dir,
             child: None,
             extra: Vec::new(),
+            tls: None,
+            ctl_user: None,
         }
     }
 
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn ctl_try(&self, args: &[&str]) -> Result<String, String> {
+        match &self.ctl_user {
+            Some(u) => {
+                let mut all = vec!["--user", u.as_str()];
+                all.extend_from_slice(args);
+                etcdctl_tls_try(&self.client_url(), self.tls.as_deref(), &all)
+            }
+            None => etcdctl_tls_try(&self.client_url(), self.tls.as_deref(), args),
+        }
     }
 
     fn peer_url(&self) -> String {
@@ -111,7 +254,17 @@ impl Member {
         );
         let (log, log2) = log_pair(&self.log_path());
         let bin = etcd_bin();
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key);
+        }
+        let child = cmd
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -154,7 +307,7 @@ impl Member {
     }
 
     fn healthy(&self) -> bool {
-        etcdctl_try(&self.client_url(), &["endpoint", "health"]).is_ok()
+        self.ctl_try(&["endpoint", "health"]).is_ok()
     }
 
     fn stop(&mut self) {
@@ -209,8 +362,9 @@ async fn wait_healthy(members: &mut [Member]) -> bool {
         let mut all = true;
         for m in members.iter() {
             let url = m.client_url();
+            let tls = m.tls.clone();
             let ok = tokio::task::spawn_blocking(move || {
-                etcdctl_try(&url, &["endpoint", "health"]).is_ok()
+                etcdctl_tls_try(&url, tls.as_deref(), &["endpoint", "health"]).is_ok()
             })
             .await
             .unwrap_or(false);
@@ -252,14 +406,17 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd on free ports and waits until it answers `endpoint health`.
     pub async fn start() -> Self {
-        Self::start_with(&[]).await
+        Self::start_with(&[], None).await
     }
 
-    /// [`Etcd::start`] with extra etcd flags, e.g. `["--quota-backend-bytes", "25165824"]`.
-    pub async fn start_with(extra: &[&str]) -> Self {
+    /// As [`Etcd::start`], with extra etcd flags (e.g. `["--quota-backend-bytes", "25165824"]`,
+    /// kept across restarts) and, with `tls`, clients that must use https:// and a certificate
+    /// signed by its CA.
+    pub async fn start_with(extra: &[&str], tls: Option<std::sync::Arc<EtcdTls>>) -> Self {
         for _ in 0..3 {
             let mut member = Member::new("etcd0");
             member.extra = extra.iter().map(|s| s.to_string()).collect();
+            member.tls = tls.clone();
             let token = unique("tok");
             let ic = initial_cluster(std::slice::from_ref(&member));
             member.spawn(&ic, &token);
@@ -304,12 +461,27 @@ impl Etcd {
 
     /// Runs etcdctl against this etcd.
     pub fn ctl(&self, args: &[&str]) -> String {
-        etcdctl(&self.client_url(), args)
+        match self.member.ctl_try(args) {
+            Ok(out) => out,
+            Err(e) => panic!("etcdctl {args:?} failed: {e}"),
+        }
+    }
+
+    /// Makes every later etcdctl call authenticate as `user:password` (after `auth enable`).
+    pub fn set_ctl_user(&mut self, user_password: &str) {
+        self.member.ctl_user = Some(user_password.to_string());
+    }
+
+    /// Runs etcdctl against this etcd; stderr as the error.
+    pub fn ctl_try(&self, args: &[&str]) -> Result<String, String> {
+        self.member.ctl_try(args)
     }
 
     /// Value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<String> {
-        get_value(&self.client_url(), key)
+        let out = self.ctl(&["get", key, "--print-value-only"]);
+        let v = out.strip_suffix('\n').unwrap_or(&out);
+        (!out.is_empty()).then(|| v.to_string())
     }
 
     /// All `(key, value)` pairs under `prefix`.

@@ -35,6 +35,8 @@ pub struct FixtureOpts {
     pub conductor_timeout: Duration,
     /// Extra etcd flags, e.g. a small `--quota-backend-bytes`.
     pub etcd_args: Vec<String>,
+    /// etcd with client-certificate auth; the sidecars get the matching TLS flags.
+    pub etcd_tls: Option<std::sync::Arc<super::etcd::EtcdTls>>,
 }
 
 impl Default for FixtureOpts {
@@ -47,6 +49,7 @@ impl Default for FixtureOpts {
             payload_bytes: vec![1024],
             conductor_timeout: Duration::from_secs(1),
             etcd_args: Vec::new(),
+            etcd_tls: None,
         }
     }
 }
@@ -103,7 +106,7 @@ impl Fixture {
     /// scenarios that act on the chain before the sidecars exist. Then [`Fixture::start_sidecars`].
     pub async fn start_without_sidecars(n: usize, opts: FixtureOpts) -> Self {
         let etcd_args: Vec<&str> = opts.etcd_args.iter().map(String::as_str).collect();
-        let etcd = Etcd::start_with(&etcd_args).await;
+        let etcd = Etcd::start_with(&etcd_args, opts.etcd_tls.clone()).await;
         let rpc_ports: Vec<Option<u16>> = (0..n)
             .map(|_| opts.conductor.then(super::free_port))
             .collect();
@@ -233,6 +236,13 @@ impl Fixture {
         );
         if let Some(port) = self.rpc_ports[i] {
             b = b.rpc_port(port);
+        }
+        if let Some(t) = &self.opts.etcd_tls {
+            let path = |p: &std::path::Path| p.display().to_string();
+            b = b
+                .flag("--etcd.tls.ca", &path(&t.ca))
+                .flag("--etcd.tls.cert", &path(&t.client_cert))
+                .flag("--etcd.tls.key", &path(&t.client_key));
         }
         for (name, value) in &self.opts.flags {
             b = b.flag(name, value);
@@ -458,7 +468,7 @@ impl Fixture {
 
     /// Value of `<prefix>/<suffix>` read with etcdctl, parsed as JSON.
     pub fn etcd_json(&self, suffix: &str) -> Option<Value> {
-        let raw = etcd::get_value(&self.etcd.client_url(), &self.key(suffix))?;
+        let raw = self.etcd.get(&self.key(suffix))?;
         Some(
             serde_json::from_str(&raw)
                 .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {raw}", self.key(suffix))),

@@ -107,8 +107,73 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     })
 }
 
+/// GETs `url` (e.g. an admin endpoint); `Err` only when no HTTP answer came back within `timeout`.
+pub async fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let (status, bytes) = request(hyper::Method::GET, url, Vec::new(), &[], timeout).await?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 /// POSTs `body` to `url`; `Err` only when no HTTP answer came back within `timeout`.
 pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, Bytes), String> {
+    request(hyper::Method::POST, url, body, &[], timeout).await
+}
+
+/// POSTs `body` with extra headers (e.g. `authorization`); returns status and body text.
+pub async fn post_with_headers(
+    url: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Value), String> {
+    let body = serde_json::to_vec(&body).expect("serialize request");
+    let (status, bytes) = request(hyper::Method::POST, url, body, headers, DEFAULT_TIMEOUT).await?;
+    let v = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "HTTP {status}, body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    Ok((status, v))
+}
+
+/// Calls `method` with `params` and an `Authorization: Bearer <token>` header (none if `None`).
+pub async fn rpc_auth(
+    url: &str,
+    method: &str,
+    params: Value,
+    token: Option<&str>,
+) -> Result<Value, RpcError> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("authorization", b)])
+        .unwrap_or_default();
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (status, v) = post_with_headers(url, req, &headers)
+        .await
+        .map_err(RpcError::transport)?;
+    if let Some(err) = v.get("error") {
+        return Err(RpcError {
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: format!(
+                "HTTP {status}: {}",
+                err.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    v.get("result")
+        .cloned()
+        .ok_or_else(|| RpcError::transport(format!("HTTP {status}, no result: {v}")))
+}
+
+async fn request(
+    method: hyper::Method,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, Bytes), String> {
     let (authority, path) = split_url(url)?;
     let call = async {
         let stream = TcpStream::connect(&authority)
@@ -119,9 +184,15 @@ pub async fn post(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, B
             .await
             .map_err(|e| format!("handshake {authority}: {e}"))?;
         let conn = tokio::spawn(conn);
-        let req = hyper::Request::post(path)
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("build request: {e}"))?;
         let resp = sender

@@ -21,7 +21,7 @@ pub(crate) fn handler(node: Arc<NodeInner>) -> Handler {
     Arc::new(move |method, params| {
         let node = node.clone();
         Box::pin(async move {
-            node.rpc_gate().await;
+            node.rpc_gate(&method).await;
             dispatch(&node, &method, &params).await
         })
     })

@@ -59,7 +59,14 @@ async fn dispatch(
             let ms = param(params, 1)
                 .and_then(Value::as_u64)
                 .ok_or_else(|| RpcError::invalid_params("argument 1 must be milliseconds"))?;
-            node(nodes, params)?.set_rpc_delay(Duration::from_millis(ms));
+            let d = Duration::from_millis(ms);
+            match param(params, 2).and_then(Value::as_array) {
+                Some(list) => {
+                    let methods: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                    node(nodes, params)?.set_rpc_delay_for(d, &methods);
+                }
+                None => node(nodes, params)?.set_rpc_delay(d),
+            }
         }
         "sim_peerCount" => {
             let n = match param(params, 1) {

@@ -48,8 +48,10 @@ pub(crate) struct NodeState {
     pub(crate) hung: bool,
     pub(crate) stalled: bool,
     pub(crate) lag: Duration,
-    /// Every op-node RPC request waits this long before it is handled (a slow, not dead, node).
+    /// Every op-node RPC request waits this long before it is handled (a slow, not dead, node);
+    /// with a method list, only those methods do.
     pub(crate) rpc_delay: Duration,
+    pub(crate) rpc_delay_methods: Option<Vec<String>>,
     pub(crate) gossip_cut: bool,
     pub(crate) peer_override: Option<u64>,
     pub(crate) conductor: Option<String>,
@@ -145,6 +147,7 @@ impl NodeInner {
                 stalled: false,
                 lag: Duration::ZERO,
                 rpc_delay: Duration::ZERO,
+                rpc_delay_methods: None,
                 gossip_cut: false,
                 peer_override: None,
                 conductor,
@@ -174,8 +177,14 @@ impl NodeInner {
     }
 
     /// Hangs while op-node RPC must not answer.
-    pub(crate) async fn rpc_gate(&self) {
-        let delay = self.st.lock().rpc_delay;
+    pub(crate) async fn rpc_gate(&self, method: &str) {
+        let delay = {
+            let st = self.st.lock();
+            match &st.rpc_delay_methods {
+                Some(only) if !only.iter().any(|m| m == method) => Duration::ZERO,
+                _ => st.rpc_delay,
+            }
+        };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -283,8 +292,10 @@ impl NodeInner {
         self.st.lock().lag = d;
     }
 
-    pub(crate) fn set_rpc_delay(&self, d: Duration) {
-        self.st.lock().rpc_delay = d;
+    pub(crate) fn set_rpc_delay(&self, d: Duration, methods: Option<Vec<String>>) {
+        let mut st = self.st.lock();
+        st.rpc_delay = d;
+        st.rpc_delay_methods = methods;
     }
 
     pub(crate) fn set_gossip_cut(&self, on: bool) {
@@ -832,7 +843,13 @@ impl NodeHandle {
     /// Every op-node RPC request is handled only after `d` (zero: at once): a slow node,
     /// answering near the caller's timeouts.
     pub fn set_rpc_delay(&self, d: Duration) {
-        self.inner.set_rpc_delay(d);
+        self.inner.set_rpc_delay(d, None);
+    }
+
+    /// Like [`NodeHandle::set_rpc_delay`], for the named op-node methods only.
+    pub fn set_rpc_delay_for(&self, d: Duration, methods: &[&str]) {
+        self.inner
+            .set_rpc_delay(d, Some(methods.iter().map(|m| m.to_string()).collect()));
     }
 
     /// Neither sends nor receives gossip while on.
