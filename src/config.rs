@@ -141,7 +141,7 @@ pub struct Args {
     /// Most open JSON-RPC connections from one IP address (raise it behind a proxy) [default: 128].
     #[arg(long = "rpc.max-conns-per-ip", env = "OP_SIDECAR_RPC_MAX_CONNS_PER_IP")]
     pub rpc_max_conns_per_ip: Option<String>,
-    /// Most bytes buffered for request bodies and proxied answers across all connections, besides a reserve for op-node's calls [default: 67108864].
+    /// Most bytes buffered for request bodies and proxied answers across all connections, besides a reserve for op-node's calls [default: 67108864 or twice rpc.max-body, whichever is larger].
     #[arg(long = "rpc.max-buffered", env = "OP_SIDECAR_RPC_MAX_BUFFERED")]
     pub rpc_max_buffered: Option<String>,
     /// File with the 32-byte hex JWT secret control calls must be signed with; generated (mode 0600) if absent. Unset: no authentication.
@@ -912,10 +912,16 @@ impl Config {
             Some("128"),
             at_least_one_conn,
         )?;
+        // Room for two largest bodies at once besides the reserve (`rpc::limits`), so a raised
+        // rpc.max-body does not leave room for only one.
+        let default_buffered = rpc_max_body
+            .saturating_mul(2)
+            .clamp(64 << 20, u32::MAX as usize)
+            .to_string();
         let rpc_max_buffered = r.get(
             "rpc.max-buffered",
             &args.rpc_max_buffered,
-            Some("67108864"),
+            Some(&default_buffered),
             |s| {
                 let n = parse_num::<usize>(s)?;
                 if n < rpc_max_body {
@@ -1204,7 +1210,9 @@ mod tests {
         assert_eq!(c.rpc_read_timeout, Duration::from_secs(10));
         assert_eq!(c.rpc_max_conns, 1024);
         assert_eq!(c.rpc_max_conns_per_ip, 128);
+        // Two largest bodies at once in the general pool (commits also have their reserve).
         assert_eq!(c.rpc_max_buffered, 64 * 1024 * 1024);
+        assert!(c.rpc_max_buffered >= 2 * c.rpc_max_body);
     }
 
     #[test]
@@ -1237,6 +1245,8 @@ mod tests {
         assert_eq!(c.rpc_read_timeout, Duration::from_secs(3));
         assert_eq!((c.rpc_max_conns, c.rpc_max_conns_per_ip), (10, 5));
         assert_eq!(c.rpc_max_buffered, 4096);
+        let c = parse(&with(&["--rpc.max-body", "50000000"])).expect("valid");
+        assert_eq!(c.rpc_max_buffered, 100_000_000);
         let e = parse(&with(&["--rpc.max-buffered", "1000"]))
             .unwrap_err()
             .to_string();

@@ -652,6 +652,43 @@ mod tests {
         assert_eq!(small.bytes(), 10);
     }
 
+    /// The defaults (rpc.max-body 32 MiB for a 10 MiB block as hex JSON, rpc.max-buffered
+    /// 64 MiB): general calls holding the whole pool still leave room for a largest commit, and
+    /// three largest commits fit at once.
+    #[tokio::test(start_paused = true)]
+    async fn largest_commits_fit_with_the_default_limits() {
+        const MAX_BODY: usize = 32 << 20;
+        let l = Limits::new(
+            8,
+            8,
+            64 << 20,
+            MAX_BODY,
+            Duration::from_secs(10),
+            Arc::new(Metrics::new()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let general: Vec<Charge> = (0..2).map(|_| l.bytes.charge(Class::General)).collect();
+        for g in &general {
+            g.add(MAX_BODY, deadline)
+                .await
+                .expect("two largest bodies in the pool");
+        }
+        let commit = l.bytes.charge(Class::Critical);
+        commit.add(MAX_BODY, deadline).await.expect("the reserve");
+        drop(general);
+        let more: Vec<Charge> = (0..2).map(|_| l.bytes.charge(Class::Critical)).collect();
+        for c in &more {
+            c.add(MAX_BODY, deadline)
+                .await
+                .expect("commits also use the pool");
+        }
+        let fourth = l.bytes.charge(Class::Critical);
+        assert_eq!(
+            fourth.add(MAX_BODY, deadline).await,
+            Err(BytesError::Busy(MAX_BODY))
+        );
+    }
+
     #[tokio::test]
     async fn answers_of_one_request_are_capped() {
         let l = limits(8, 8, MAX_ANSWER_BYTES * 4);
