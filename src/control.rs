@@ -158,8 +158,16 @@ impl Controller {
                     // deadline can never cut a step-down short.
                     let end = match term.run(self.lead_step(&term)).await {
                         Ok(end) => end,
+                        // How late the lapse was noticed tells an operator whether the
+                        // loop itself was slow (it should be a few ms).
                         Err(Lapsed) => Some((
-                            "lease deadline passed while waiting on etcd or the node".to_string(),
+                            match term.deadline() {
+                                Some(d) => format!(
+                                    "lease lapsed {} ms ago (etcd did not renew it in time)",
+                                    Instant::now().saturating_duration_since(d).as_millis()
+                                ),
+                                None => "lease lost or replaced".to_string(),
+                            },
                             Exit::Resign,
                         )),
                     };

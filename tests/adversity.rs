@@ -264,3 +264,63 @@ async fn transfer_record_expires_with_an_etcd_lease() {
     f.wait_single_active(SETTLE).await;
     f.assert_invariants();
 }
+
+/// The control loop wakes at its lease deadline even when nothing else happens. Health is
+/// sampled every 9 s here (just under the 10 s lease TTL, the slowest allowed), and etcd refuses
+/// every connection: keepalives fail fast, so nothing is published on the lease channel and no
+/// etcd call is pending at the deadline. Without a deadline arm the lapse was noticed only at
+/// the next health sample, up to 9 s late, with the node sequencing on; now the sidecar steps
+/// down within milliseconds of the deadline. Its step-down reason states how late it noticed.
+/// Two cuts, at arbitrary points of the health cycle. One sidecar, so no successor stops the
+/// node on its behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_leader_steps_down_at_the_lease_deadline() {
+    let opts = FixtureOpts::default()
+        .with_proxy()
+        .flag("--lease.ttl", "10s")
+        .flag("--healthcheck.interval", "9s")
+        .flag("--healthcheck.unsafe-interval", "600s")
+        .flag("--healthcheck.successes", "1");
+    let mut f = Fixture::start(1, opts).await;
+    for cut in 0..2 {
+        f.wait_single_active(Duration::from_secs(60)).await;
+        // An arbitrary point of the 9 s health cycle.
+        tokio::time::sleep(Duration::from_millis(1300 + 3100 * cut)).await;
+        let seen = f.sidecar(0).log().matches("lease lapsed").count();
+        f.proxy(0).refuse();
+        let cut_at = tokio::time::Instant::now();
+        let late_ms = loop {
+            let log = f.sidecar(0).log();
+            if let Some(line) = log.split("lease lapsed ").nth(seen + 1) {
+                break line
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .expect("a lateness in ms");
+            }
+            assert!(
+                cut_at.elapsed() < Duration::from_secs(40),
+                "no step-down 40 s after etcd went away (lease TTL 10 s)\n{}",
+                f.sidecar(0).log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Generous for a loaded machine; a missed deadline shows up as seconds.
+        assert!(
+            late_ms < 1000,
+            "cut {cut}: the lapsed lease was noticed {late_ms} ms after its deadline\n{}",
+            f.sidecar(0).log_tail(30)
+        );
+        let stop_by = tokio::time::Instant::now() + Duration::from_secs(10);
+        while f.node(0).is_active() {
+            assert!(
+                tokio::time::Instant::now() < stop_by,
+                "the node kept sequencing"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        f.proxy(0).heal();
+    }
+    f.wait_single_active(Duration::from_secs(60)).await;
+    f.assert_invariants();
+}
