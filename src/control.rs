@@ -564,7 +564,10 @@ impl Controller {
     /// Conductor mode: a node exactly one block behind the committed head gets the stored
     /// payload posted (op-conductor wedged here, #22094). Larger gaps are left to sync.
     async fn repair_one_block(&self, t: &BlockId) {
-        let Ok(status) = self.s.node.sync_status().await else {
+        // Bounded like the health poll: a node that just hung must not hold the leader's step
+        // (and with it the handover the failing health check is about to ask for).
+        let limit = crate::health::poll_timeout(self.s.config.health.interval);
+        let Ok(Ok(status)) = tokio::time::timeout(limit, self.s.node.sync_status()).await else {
             return;
         };
         let local = status.unsafe_l2;
