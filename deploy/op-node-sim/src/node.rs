@@ -483,7 +483,8 @@ impl NodeInner {
         st.building = true;
         Step::Build {
             parent,
-            conductor: st.conductor.clone(),
+            // As op-node: after admin_overrideLeader its conductor client commits nothing.
+            conductor: st.conductor.clone().filter(|_| !st.leader_overridden),
             coordinator: st.coordinator.clone(),
         }
     }
