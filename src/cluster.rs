@@ -178,6 +178,38 @@ pub async fn put_transfer(
     Ok(e.txn(txn).await?.succeeded())
 }
 
+/// The committed head record and its key's mod revision, for [`swap_head`].
+pub async fn read_head(e: &Election) -> Result<Option<(HeadRecord, i64)>, ElectionError> {
+    let key = e.keys().head();
+    let resp = e
+        .run(|c| async move { c.kv_client().get(key, None::<GetOptions>).await })
+        .await?;
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| decode::<HeadRecord>(kv.key(), kv.value()).map(|h| (h, kv.mod_revision()))))
+}
+
+/// Replaces the head record with `new` only if it is still the version read at `mod_rev`:
+/// whatever a leader committed since wins. Not fenced by an epoch: only for the operator's
+/// override, whose blocks are not fenced either.
+pub async fn swap_head(
+    e: &Election,
+    mod_rev: i64,
+    new: &HeadRecord,
+) -> Result<bool, ElectionError> {
+    let value = serde_json::to_vec(new).map_err(|err| ElectionError::Etcd(err.to_string()))?;
+    let key = e.keys().head();
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            mod_rev,
+        )])
+        .and_then(vec![TxnOp::put(key, value, None)]);
+    Ok(e.txn(txn).await?.succeeded())
+}
+
 /// Deletes the transfer record if it is still exactly `t`.
 pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), ElectionError> {
     let value = serde_json::to_vec(t).map_err(|err| ElectionError::Etcd(err.to_string()))?;

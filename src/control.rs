@@ -6,6 +6,7 @@
 //! await outlives the local lease deadline. Handover and step-down run inline, so no two
 //! sequencer calls of this sidecar ever race.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,11 @@ pub struct Controller {
     leading_since: Option<Instant>,
     /// Since when restarting our own node as leader has failed (cleared on success).
     restart_failing_since: Option<Instant>,
+    /// The leader override was on at the last step.
+    was_overridden: bool,
+    /// The override was cleared here and the committed head is not yet known to be on this
+    /// node's chain.
+    override_cleared: bool,
 }
 
 impl Controller {
@@ -89,6 +95,8 @@ impl Controller {
             warned_unhealthy_keep: false,
             leading_since: None,
             restart_failing_since: None,
+            was_overridden: false,
+            override_cleared: false,
         }
     }
 
@@ -152,14 +160,23 @@ impl Controller {
                 Ok(()) = lease_rx.changed() => {}
                 Ok(()) = health_rx.changed() => {}
             }
+            self.after_override().await;
             match self.term.clone() {
                 Some(term) => {
                     // The step decides; stepping down runs outside the race, so the lease
                     // deadline can never cut a step-down short.
                     let end = match term.run(self.lead_step(&term)).await {
                         Ok(end) => end,
+                        // How late the lapse was noticed tells an operator whether the
+                        // loop itself was slow (it should be a few ms).
                         Err(Lapsed) => Some((
-                            "lease deadline passed while waiting on etcd or the node".to_string(),
+                            match term.deadline() {
+                                Some(d) => format!(
+                                    "lease lapsed {} ms ago (etcd did not renew it in time)",
+                                    Instant::now().saturating_duration_since(d).as_millis()
+                                ),
+                                None => "lease lost or replaced".to_string(),
+                            },
                             Exit::Resign,
                         )),
                     };
@@ -219,6 +236,82 @@ impl Controller {
                     s.stopped = true;
                 });
                 let _ = done.send(());
+            }
+        }
+    }
+
+    /// Conductor mode: once an operator clears the leader override here, make sure the
+    /// committed head is on this node's chain; retried every step until it is.
+    async fn after_override(&mut self) {
+        let overridden = self.s.leader_override.load(Ordering::SeqCst);
+        if std::mem::replace(&mut self.was_overridden, overridden) && !overridden {
+            self.override_cleared = true;
+        }
+        if !self.override_cleared || overridden || self.mode != Mode::Conductor {
+            return;
+        }
+        let done = match self.term.clone() {
+            Some(term) => term.run(self.reconcile_override()).await.unwrap_or(false),
+            None => self.reconcile_override().await,
+        };
+        if done {
+            self.override_cleared = false;
+        }
+    }
+
+    /// Blocks accepted under the override were not fenced and did not move the committed head.
+    /// If the committed head is not on this node's chain, the override built other blocks at
+    /// its height: a commit that reached etcd while its acknowledgement was lost (no node has
+    /// it) and then the operator's forced sequencer. Nothing can ever extend that head and every
+    /// candidate would wait for it forever. The operator chose this node's chain: record its
+    /// head instead, only over exactly the record read (a leader's newer commit wins). True
+    /// when nothing (more) is to be done.
+    async fn reconcile_override(&self) -> bool {
+        let limit = crate::health::poll_timeout(self.s.config.health.interval);
+        let (head, rev) = match cluster::read_head(&self.s.election).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(error = %e, "override cleared: cannot read the committed head yet");
+                return false;
+            }
+        };
+        let Ok(Ok(status)) = tokio::time::timeout(limit, self.s.node.sync_status()).await else {
+            return false;
+        };
+        let local = status.unsafe_l2;
+        if local.number < head.number {
+            // Not past it: nothing here conflicts; catch-up and repair apply as usual.
+            return true;
+        }
+        let at = tokio::time::timeout(limit, self.s.node.block_hash_at(head.number)).await;
+        match at {
+            Ok(Ok(Some(h))) if h.eq_ignore_ascii_case(&head.hash) => return true,
+            Ok(Ok(_)) => {}
+            _ => return false,
+        }
+        let rec = HeadRecord {
+            number: local.number,
+            hash: local.hash.clone(),
+            parent_hash: local.parent_hash.clone(),
+            epoch: head.epoch,
+            id: self.me().to_string(),
+            node: Some(self.s.config.node_advertise.clone()),
+        };
+        match cluster::swap_head(&self.s.election, rev, &rec).await {
+            Ok(true) => {
+                tracing::warn!(
+                    committed = %format_args!("{}:{}", head.number, head.hash),
+                    recorded = %format_args!("{}:{}", local.number, local.hash),
+                    "leader override cleared: the committed head is not on this node's chain (other blocks were built at its height under the override); recorded this node's head as the committed head"
+                );
+                true
+            }
+            // The head moved meanwhile: look again at the next step.
+            Ok(false) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "override cleared: cannot record the head yet");
+                false
             }
         }
     }
@@ -556,7 +649,10 @@ impl Controller {
     /// Conductor mode: a node exactly one block behind the committed head gets the stored
     /// payload posted (op-conductor wedged here, #22094). Larger gaps are left to sync.
     async fn repair_one_block(&self, t: &BlockId) {
-        let Ok(status) = self.s.node.sync_status().await else {
+        // Bounded like the health poll: a node that just hung must not hold the leader's step
+        // (and with it the handover the failing health check is about to ask for).
+        let limit = crate::health::poll_timeout(self.s.config.health.interval);
+        let Ok(Ok(status)) = tokio::time::timeout(limit, self.s.node.sync_status()).await else {
             return;
         };
         let local = status.unsafe_l2;

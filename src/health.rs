@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -204,6 +205,11 @@ pub async fn sample(node: &NodeClient, check_peers: bool) -> Sample {
 }
 
 /// Runs the poller until cancelled. `node` should carry a timeout below the interval.
+///
+/// A sample is started at every tick even while earlier ones are still waiting on a slow or
+/// hung node (up to [`max_in_flight`]); results are taken in the order the samples started. So
+/// a hung node is judged after one timeout plus `failures - 1` intervals, not `failures`
+/// timeouts back to back.
 pub async fn run(
     node: NodeClient,
     cfg: HealthConfig,
@@ -216,16 +222,17 @@ pub async fn run(
     let mut samples = 0u64;
     let reminder_every =
         (Duration::from_secs(30).as_millis() / cfg.interval.as_millis().max(1)).max(1) as u64;
+    let limit = max_in_flight(cfg.interval);
+    let mut in_flight = FuturesOrdered::new();
     loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
         let s = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            s = sample(&node, cfg.min_peer_count > 0) => s,
+            Some(s) = in_flight.next(), if !in_flight.is_empty() => s,
+            _ = tick.tick(), if in_flight.len() < limit => {
+                in_flight.push_back(sample(&node, cfg.min_peer_count > 0));
+                continue;
+            }
         };
         samples += 1;
         let problems = evaluate(&s, unix_now(), &cfg);
@@ -266,6 +273,14 @@ pub async fn run(
     }
 }
 
+/// How many samples may wait on the node at once: enough that a new one starts every interval
+/// while older ones run into [`poll_timeout`], and no more (a slow node is not piled on).
+pub fn max_in_flight(interval: Duration) -> usize {
+    let t = poll_timeout(interval).as_millis();
+    let i = interval.as_millis().max(1);
+    (t.div_ceil(i) as usize + 1).min(4)
+}
+
 /// A per-call limit for health polls: below the interval so one stuck call cannot hide the
 /// next, but never so short that a busy node looks dead.
 pub fn poll_timeout(interval: Duration) -> Duration {
@@ -277,6 +292,17 @@ mod tests {
     use super::*;
     use crate::sequencer::L2Ref;
     use proptest::prelude::*;
+
+    #[test]
+    fn samples_overlap_only_as_much_as_the_timeout_needs() {
+        // 250 ms interval, 500 ms timeout: a new sample every tick while two wait.
+        assert_eq!(max_in_flight(Duration::from_millis(250)), 3);
+        // Timeout equal to the interval: the next sample starts as the previous times out.
+        assert_eq!(max_in_flight(Duration::from_secs(1)), 2);
+        assert_eq!(max_in_flight(Duration::from_secs(5)), 2);
+        // Very short intervals are capped: a slow node is not piled on.
+        assert_eq!(max_in_flight(Duration::from_millis(10)), 4);
+    }
 
     fn cfg() -> HealthConfig {
         HealthConfig {

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use common::{etcd, rpc, Fixture, FixtureOpts};
 
@@ -261,6 +261,159 @@ async fn transfer_record_expires_with_an_etcd_lease() {
         .unwrap();
     let lease = put.await.unwrap().expect("a transfer record was written");
     assert_ne!(lease, 0, "the transfer record must be bound to a lease");
+    f.wait_single_active(SETTLE).await;
+    f.assert_invariants();
+}
+
+/// The control loop wakes at its lease deadline even when nothing else happens. Health is
+/// sampled every 9 s here (just under the 10 s lease TTL, the slowest allowed), and etcd refuses
+/// every connection: keepalives fail fast, so nothing is published on the lease channel and no
+/// etcd call is pending at the deadline. Without a deadline arm the lapse was noticed only at
+/// the next health sample, up to 9 s late, with the node sequencing on; now the sidecar steps
+/// down within milliseconds of the deadline. Its step-down reason states how late it noticed.
+/// Two cuts, at arbitrary points of the health cycle. One sidecar, so no successor stops the
+/// node on its behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_leader_steps_down_at_the_lease_deadline() {
+    let opts = FixtureOpts::default()
+        .with_proxy()
+        .flag("--lease.ttl", "10s")
+        .flag("--healthcheck.interval", "9s")
+        .flag("--healthcheck.unsafe-interval", "600s")
+        .flag("--healthcheck.successes", "1");
+    let mut f = Fixture::start(1, opts).await;
+    for cut in 0..2 {
+        f.wait_single_active(Duration::from_secs(60)).await;
+        // An arbitrary point of the 9 s health cycle.
+        tokio::time::sleep(Duration::from_millis(1300 + 3100 * cut)).await;
+        let seen = f.sidecar(0).log().matches("lease lapsed").count();
+        f.proxy(0).refuse();
+        let cut_at = tokio::time::Instant::now();
+        let late_ms = loop {
+            let log = f.sidecar(0).log();
+            if let Some(line) = log.split("lease lapsed ").nth(seen + 1) {
+                break line
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .expect("a lateness in ms");
+            }
+            assert!(
+                cut_at.elapsed() < Duration::from_secs(40),
+                "no step-down 40 s after etcd went away (lease TTL 10 s)\n{}",
+                f.sidecar(0).log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Generous for a loaded machine; a missed deadline shows up as seconds.
+        assert!(
+            late_ms < 1000,
+            "cut {cut}: the lapsed lease was noticed {late_ms} ms after its deadline\n{}",
+            f.sidecar(0).log_tail(30)
+        );
+        let stop_by = tokio::time::Instant::now() + Duration::from_secs(10);
+        while f.node(0).is_active() {
+            assert!(
+                tokio::time::Instant::now() < stop_by,
+                "the node kept sequencing"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        f.proxy(0).heal();
+    }
+    f.wait_single_active(Duration::from_secs(60)).await;
+    f.assert_invariants();
+}
+
+/// F1 of the fault campaign (conductor mode): a commit reached etcd just as quorum was lost, so
+/// its acknowledgement never came back and no node has that block; the operator then ran the
+/// override runbook, and the forced sequencer built other blocks at that height. The committed
+/// head was a block nobody has or will ever have: every candidate waited for it, gave way, and
+/// the chain halted for good. The committed record is injected here exactly as such a commit
+/// leaves it (the next height, parent = the last block, the leader's epoch). Now the sidecar
+/// where the override is cleared sees the committed head is not on its node's chain and
+/// records its node's head in its place (compare-and-swap), and the cluster goes on. The old
+/// leader is gone (its lease lost with quorum), so no leader hands the forced node's head on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_after_a_lost_commit_acknowledgement_does_not_halt() {
+    let mut f = Fixture::start(3, FixtureOpts::conductor()).await;
+    let leader = f.wait_leader_producing(SETTLE).await;
+    let urls: Vec<String> = (0..3).map(|i| f.sidecar(i).url()).collect();
+    for u in &urls {
+        rpc(u, "conductor_pause", json!([])).await.unwrap();
+    }
+    let live: Vec<&String> = urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, u)| u)
+        .collect();
+    let stopped = rpc(&f.node(leader).node_url(), "admin_stopSequencer", json!([]))
+        .await
+        .unwrap();
+    let stopped = stopped.as_str().unwrap().to_string();
+    // The last acknowledged block is committed before op-node inserts it: wait for the record.
+    let mut head = Value::Null;
+    for _ in 0..50 {
+        head = f.etcd_json("head").expect("committed head");
+        if head["hash"].as_str() == Some(&stopped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(head["hash"].as_str(), Some(stopped.as_str()), "{head}");
+    let phantom_n = head["number"].as_u64().unwrap() + 1;
+    let mut phantom = head.clone();
+    phantom["number"] = json!(phantom_n);
+    phantom["hash"] = json!(format!("0x{}", "ab".repeat(32)));
+    phantom["parentHash"] = json!(stopped);
+    f.etcd.ctl(&["put", &f.key("head"), &phantom.to_string()]);
+    // Leadership was lost with quorum: no leader is left to stop the forced sequencer and hand
+    // its head on.
+    f.sidecar(leader).kill();
+
+    // The override runbook on another member, as in the test above.
+    let x = (leader + 1) % 3;
+    rpc(&urls[x], "conductor_overrideLeader", json!([true]))
+        .await
+        .unwrap();
+    let x_node = f.node(x).node_url();
+    rpc(&x_node, "admin_overrideLeader", json!([]))
+        .await
+        .unwrap();
+    rpc(&x_node, "admin_startSequencer", json!([stopped]))
+        .await
+        .unwrap();
+    f.assert_chain_passes(phantom_n + 2).await;
+    rpc(&urls[x], "conductor_overrideLeader", json!([false]))
+        .await
+        .unwrap();
+    for u in &live {
+        rpc(u, "conductor_resume", json!([])).await.unwrap();
+    }
+    // Give the sidecar where the override was cleared a moment to look at the committed head.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The runbook ends with a restart of the forced op-node (only that clears its node-level
+    // override); from then on every block is fenced and committed again.
+    f.node(x).crash();
+    f.node(x).restart().await.unwrap();
+    let resumed_at = f.chain_height();
+    f.assert_chain_passes(resumed_at + 5).await;
+    let producer = f.wait_leader_producing(FAILOVER).await;
+    let head = f.etcd_json("head").expect("committed head");
+    assert!(
+        head["number"].as_u64().unwrap() > resumed_at,
+        "the committed head must follow the chain again: {head}\n{}",
+        f.sidecar(producer).log_tail(30)
+    );
+    // It replaced the unreachable committed head with its node's head.
+    assert!(
+        f.sidecar(x)
+            .log()
+            .contains("recorded this node's head as the committed head"),
+        "{}",
+        f.sidecar(x).log_tail(30)
+    );
     f.wait_single_active(SETTLE).await;
     f.assert_invariants();
 }

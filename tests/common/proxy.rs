@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     partitioned: bool,
+    /// With `partitioned`: close connections at once instead of holding them (a refused port).
+    refusing: bool,
     /// Bumped by heal/reset: connections from an older epoch that are blackholed close.
     epoch: u64,
     /// Reset bumps this: every connection older than it closes, healthy or not.
@@ -37,6 +39,7 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy local addr");
         let (state, _) = watch::channel(State {
             partitioned: false,
+            refusing: false,
             epoch: 0,
             reset: 0,
             shutdown: false,
@@ -67,10 +70,22 @@ impl TcpProxy {
         self.state.send_modify(|s| s.partitioned = true);
     }
 
+    /// Like a dead peer host: every connection is closed at once, new ones right after accept,
+    /// so clients fail fast instead of waiting on silence.
+    pub fn refuse(&self) {
+        self.state.send_modify(|s| {
+            s.partitioned = true;
+            s.refusing = true;
+            s.epoch += 1;
+            s.reset += 1;
+        });
+    }
+
     /// Forward again; connections held during the partition are dropped so clients reconnect.
     pub fn heal(&self) {
         self.state.send_modify(|s| {
             s.partitioned = false;
+            s.refusing = false;
             s.epoch += 1;
         });
     }
@@ -123,6 +138,9 @@ async fn until_epoch_moves(rx: &mut watch::Receiver<State>, epoch: u64) {
 
 async fn handle(mut inbound: TcpStream, upstream: String, mut rx: watch::Receiver<State>) {
     let start = *rx.borrow_and_update();
+    if start.refusing {
+        return;
+    }
     if start.partitioned {
         // Accepted but never forwarded; hold the socket open until the partition ends.
         until_epoch_moves(&mut rx, start.epoch).await;

@@ -494,7 +494,8 @@ impl NodeInner {
         st.building = true;
         Step::Build {
             parent,
-            conductor: st.conductor.clone(),
+            // As op-node: after admin_overrideLeader its conductor client commits nothing.
+            conductor: st.conductor.clone().filter(|_| !st.leader_overridden),
             coordinator: st.coordinator.clone(),
             payload_bytes: st.next_payload_bytes.take(),
             lose_ack: st.lose_next_commit_ack,
