@@ -145,6 +145,10 @@ pub async fn run_with_listeners(
         config.etcd_timeout,
         lease_tx,
         lease_beat.clone(),
+        election::Owner {
+            beat: control_beat.clone(),
+            bound: crate::status::control_bound(&config),
+        },
         background.clone(),
     ));
     tasks.spawn(watch_changes(

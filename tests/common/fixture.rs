@@ -30,6 +30,8 @@ pub struct FixtureOpts {
     pub conductor: bool,
     /// etcd with client-certificate auth; the sidecars get the matching TLS flags.
     pub etcd_tls: Option<std::sync::Arc<super::etcd::EtcdTls>>,
+    /// Extra environment of every sidecar.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for FixtureOpts {
@@ -40,6 +42,7 @@ impl Default for FixtureOpts {
             block_time: Duration::from_secs(1),
             conductor: false,
             etcd_tls: None,
+            env: Vec::new(),
         }
     }
 }
@@ -55,6 +58,11 @@ impl FixtureOpts {
 
     pub fn with_proxy(mut self) -> Self {
         self.etcd_proxy = true;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -227,6 +235,9 @@ impl Fixture {
         }
         for (name, value) in &self.opts.flags {
             b = b.flag(name, value);
+        }
+        for (key, value) in &self.opts.env {
+            b = b.env(key, value);
         }
         b
     }
