@@ -281,11 +281,17 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A member's advertised address as a URL (configured membership may omit the scheme).
-fn member_url(addr: &str) -> String {
+fn member_url(addr: &str, like: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        // The scheme of the `--rpc` URL: a cluster serving TLS serves it on every member.
+        let scheme = if like.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
     }
 }
 
@@ -395,7 +401,7 @@ async fn members(rpc: &Rpc, url: &str) -> Result<Vec<(String, String, bool)>, Ct
             let id = s.get("id")?.as_str()?.to_string();
             let addr = s.get("addr").and_then(Value::as_str).unwrap_or("");
             let voter = s.get("suffrage").and_then(Value::as_u64).unwrap_or(0) == 0;
-            Some((id, member_url(addr), voter))
+            Some((id, member_url(addr, url), voter))
         })
         .collect())
 }
@@ -595,7 +601,7 @@ async fn leader(rpc: &Rpc, url: &str) -> Result<Option<(String, String)>, CtlErr
         return Ok(None);
     }
     let addr = l.get("addr").and_then(Value::as_str).unwrap_or("");
-    Ok(Some((id.to_string(), member_url(addr))))
+    Ok(Some((id.to_string(), member_url(addr, url))))
 }
 
 async fn transfer(
@@ -778,8 +784,15 @@ mod tests {
 
     #[test]
     fn member_urls_get_a_scheme() {
-        assert_eq!(member_url("10.0.0.1:8547"), "http://10.0.0.1:8547");
-        assert_eq!(member_url("https://a:1"), "https://a:1");
+        assert_eq!(
+            member_url("10.0.0.1:8547", "http://b:1"),
+            "http://10.0.0.1:8547"
+        );
+        assert_eq!(
+            member_url("10.0.0.1:8547", "https://b:1"),
+            "https://10.0.0.1:8547"
+        );
+        assert_eq!(member_url("https://a:1", "http://b:1"), "https://a:1");
     }
 
     #[test]
