@@ -98,7 +98,8 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError>
 
 /// The outbound configuration: the CAs in `files.ca`, or else the compiled-in Mozilla roots
 /// (webpki-roots), so a binary behaves the same on every host and in a distroless image; and
-/// our certificate for servers that require one. No ALPN (hyper-rustls sets it).
+/// our certificate for servers that require one. No ALPN: hyper-rustls sets it, and refuses
+/// (panics on) a config that already has one.
 pub fn client_config(files: &ClientFiles) -> Result<ClientConfig, TlsError> {
     let roots = match &files.ca {
         Some(ca) => roots(ca)?,
