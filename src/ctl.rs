@@ -9,6 +9,7 @@ use bytes::Bytes;
 use clap::Subcommand;
 use http::{header, Request};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
@@ -40,6 +41,33 @@ pub struct CtlArgs {
         value_name = "FILE"
     )]
     pub jwt_secret: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for https:// sidecars, instead of the built-in public roots
+    /// (as the sidecars' --tls.ca).
+    #[arg(
+        long = "tls.ca",
+        env = "OP_SIDECAR_CTL_TLS_CA",
+        value_name = "FILE",
+        global = true
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for sidecars that require one (--rpc.tls.client-ca); needs --tls.key.
+    #[arg(
+        long = "tls.cert",
+        env = "OP_SIDECAR_CTL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        global = true
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls.cert.
+    #[arg(
+        long = "tls.key",
+        env = "OP_SIDECAR_CTL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Print JSON on stdout instead of a table or a sentence.
     #[arg(long = "json", env = "OP_SIDECAR_CTL_JSON", global = true)]
     pub json: bool,
@@ -165,7 +193,7 @@ pub fn token(secret: &[u8]) -> Result<String, CtlError> {
 // === client ===
 
 struct Rpc {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     secret: Option<Vec<u8>>,
     timeout: Duration,
 }
@@ -253,11 +281,17 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A member's advertised address as a URL (configured membership may omit the scheme).
-fn member_url(addr: &str) -> String {
+fn member_url(addr: &str, like: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        // The scheme of the `--rpc` URL: a cluster serving TLS serves it on every member.
+        let scheme = if like.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
     }
 }
 
@@ -304,8 +338,13 @@ fn print_output(out: &Output, json_out: bool) {
 
 async fn execute(args: CtlArgs) -> Result<Output, CtlError> {
     let secret = args.jwt_secret.as_deref().map(read_secret).transpose()?;
+    let tls = crate::tls::client_config(&crate::tls::ClientFiles {
+        ca: args.tls_ca.clone(),
+        identity: args.tls_cert.clone().zip(args.tls_key.clone()),
+    })
+    .map_err(|e| CtlError::Usage(format!("TLS: {e}")))?;
     let rpc = Rpc {
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: Client::builder(TokioExecutor::new()).build(crate::rpc::client::connector(tls)),
         secret,
         timeout: args.timeout,
     };
@@ -362,7 +401,7 @@ async fn members(rpc: &Rpc, url: &str) -> Result<Vec<(String, String, bool)>, Ct
             let id = s.get("id")?.as_str()?.to_string();
             let addr = s.get("addr").and_then(Value::as_str).unwrap_or("");
             let voter = s.get("suffrage").and_then(Value::as_u64).unwrap_or(0) == 0;
-            Some((id, member_url(addr), voter))
+            Some((id, member_url(addr, url), voter))
         })
         .collect())
 }
@@ -562,7 +601,7 @@ async fn leader(rpc: &Rpc, url: &str) -> Result<Option<(String, String)>, CtlErr
         return Ok(None);
     }
     let addr = l.get("addr").and_then(Value::as_str).unwrap_or("");
-    Ok(Some((id.to_string(), member_url(addr))))
+    Ok(Some((id.to_string(), member_url(addr, url))))
 }
 
 async fn transfer(
@@ -745,8 +784,15 @@ mod tests {
 
     #[test]
     fn member_urls_get_a_scheme() {
-        assert_eq!(member_url("10.0.0.1:8547"), "http://10.0.0.1:8547");
-        assert_eq!(member_url("https://a:1"), "https://a:1");
+        assert_eq!(
+            member_url("10.0.0.1:8547", "http://b:1"),
+            "http://10.0.0.1:8547"
+        );
+        assert_eq!(
+            member_url("10.0.0.1:8547", "https://b:1"),
+            "https://10.0.0.1:8547"
+        );
+        assert_eq!(member_url("https://a:1", "http://b:1"), "https://a:1");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`commit`]: fenced block commits (`conductor_commitUnsafePayload`).
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
+//! - [`tls`]: rustls configurations for the RPC listener and outbound https:// from PEM files.
 //! - [`ctl`]: `op-sidecar ctl`, the operator CLI (a JSON-RPC client of any sidecar).
 
 pub mod admin;
@@ -29,4 +30,5 @@ pub mod sequencer;
 pub mod state;
 pub mod status;
 pub mod term;
+pub mod tls;
 pub mod transfer;
