@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::rpc::auth::JwtSecret;
 use bytes::Bytes;
 use clap::Subcommand;
 use http::{header, Request};
@@ -159,42 +160,24 @@ impl CtlError {
 
 // === JWT ===
 
-/// Reads a secret file as the Engine API has it: 32 bytes, hex, optional `0x`.
-pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, CtlError> {
+/// Reads a secret file as the sidecars do (`--rpc.jwt-secret`): 32 bytes, hex, optional `0x`.
+/// Never generates one: a fresh secret would only make every call fail.
+pub fn read_secret(path: &std::path::Path) -> Result<JwtSecret, CtlError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CtlError::Usage(format!("--jwt-secret {}: {e}", path.display())))?;
-    parse_secret(&text)
-        .map_err(|e| CtlError::Usage(format!("--jwt-secret {}: {e}", path.display())))
-}
-
-pub fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
-    let t = text.trim();
-    let t = t.strip_prefix("0x").unwrap_or(t);
-    let bytes = hex::decode(t).map_err(|e| format!("not hex: {e}"))?;
-    if bytes.len() != 32 {
-        return Err(format!("{} bytes, expected 32", bytes.len()));
-    }
-    Ok(bytes)
-}
-
-/// An HS256 token with only `iat` (now), as the Engine API and op-node's clients send.
-pub fn token(secret: &[u8]) -> Result<String, CtlError> {
-    let iat = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "iat": iat }),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| CtlError::Usage(format!("cannot sign a token: {e}")))
+    JwtSecret::from_hex(&text).map_err(|e| {
+        CtlError::Usage(format!(
+            "--jwt-secret {}: {e}, expected 32 hex-encoded bytes",
+            path.display()
+        ))
+    })
 }
 
 // === client ===
 
 struct Rpc {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    secret: Option<Vec<u8>>,
+    secret: Option<JwtSecret>,
     timeout: Duration,
 }
 
@@ -213,7 +196,10 @@ impl Rpc {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let mut req = Request::post(url).header(header::CONTENT_TYPE, "application/json");
         if let Some(secret) = &self.secret {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {}", token(secret)?));
+            req = req.header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", secret.token(None)),
+            );
         }
         let req = req
             .body(Full::new(Bytes::from(body.to_string())))
@@ -754,33 +740,6 @@ async fn pause(rpc: &Rpc, url: &str, t: &Target, on: bool) -> Result<Output, Ctl
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_parses_with_or_without_0x_and_rejects_wrong_lengths() {
-        let hex64 = "11".repeat(32);
-        assert_eq!(parse_secret(&hex64).expect("plain").len(), 32);
-        assert_eq!(parse_secret(&format!("0x{hex64}\n")).expect("0x").len(), 32);
-        assert!(parse_secret("0x1234").is_err());
-        assert!(parse_secret("zz").is_err());
-    }
-
-    #[test]
-    fn token_is_hs256_with_iat() {
-        let secret = [7u8; 32];
-        let t = token(&secret).expect("token");
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        v.required_spec_claims.clear();
-        v.validate_exp = false;
-        let data =
-            jsonwebtoken::decode::<Value>(&t, &jsonwebtoken::DecodingKey::from_secret(&secret), &v)
-                .expect("decodes");
-        let iat = data.claims["iat"].as_u64().expect("iat");
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        assert!(now.abs_diff(iat) <= 2);
-    }
 
     #[test]
     fn member_urls_get_a_scheme() {
