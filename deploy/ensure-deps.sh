@@ -7,7 +7,7 @@ ensure_deps_need=()
 command -v etcd >/dev/null || ensure_deps_need+=(etcd-server)
 command -v etcdctl >/dev/null || ensure_deps_need+=(etcd-client)
 command -v protoc >/dev/null || ensure_deps_need+=(protobuf-compiler)
-# The etcd TLS tests make their certificates with openssl.
+# The TLS tests (etcd's, the RPC listener's, the config checks) make their certificates with openssl.
 command -v openssl >/dev/null || ensure_deps_need+=(openssl)
 for pkg in "$@"; do
   command -v "$pkg" >/dev/null || ensure_deps_need+=("$pkg")

@@ -56,7 +56,7 @@ pub async fn run_with_listeners(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    tracing::info!(rpc = %rpc.local_addr()?, admin = %admin.local_addr()?, id = %config.server_id, prefix = %config.etcd_prefix, "op-sidecar starting");
+    tracing::info!(rpc = %rpc.local_addr()?, rpc_tls = config.rpc_tls.is_some(), rpc_mtls = config.rpc_tls.as_ref().is_some_and(|t| t.client_ca.is_some()), admin = %admin.local_addr()?, id = %config.server_id, prefix = %config.etcd_prefix, "op-sidecar starting");
     let pool = Arc::new(
         EtcdPool::connect(
             &config.etcd_endpoints,
@@ -103,9 +103,16 @@ pub async fn run_with_listeners(
         config.server_id.clone(),
         config.etcd_timeout,
     );
+    // Built again from the files the config check read: a file replaced since then is still
+    // caught before anything is served.
+    let client_tls = crate::tls::client_config(&config.tls)?;
+    let server_tls = match &config.rpc_tls {
+        Some(files) => Some(crate::tls::server_config(files)?),
+        None => None,
+    };
     let http = match secret {
-        Some(s) => HttpClient::new().with_peer_auth(s, &config.server_id),
-        None => HttpClient::new(),
+        Some(s) => HttpClient::new(client_tls).with_peer_auth(s, &config.server_id),
+        None => HttpClient::new(client_tls),
     };
     let node = NodeClient::new(
         http.clone(),
@@ -147,6 +154,10 @@ pub async fn run_with_listeners(
         config.etcd_timeout,
         lease_tx,
         lease_beat.clone(),
+        election::Owner {
+            beat: control_beat.clone(),
+            bound: crate::status::control_bound(&config),
+        },
         background.clone(),
     ));
     tasks.spawn(watch_changes(
@@ -179,6 +190,7 @@ pub async fn run_with_listeners(
     let rpc_task = tokio::spawn(crate::rpc::server::serve(
         rpc,
         shared.clone(),
+        server_tls,
         drain.clone().cancelled_owned(),
     ));
     let admin_task = tokio::spawn(crate::admin::serve(

@@ -15,6 +15,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::tls::{ClientFiles, ServerFiles};
+
 /// Exit code for bad configuration (BSD `EX_USAGE`), as linkerd2-proxy does.
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -151,9 +153,39 @@ pub struct Args {
         value_name = "FILE"
     )]
     pub rpc_jwt_secret: Option<String>,
+    /// Serve JSON-RPC over TLS with this certificate chain (PEM, leaf first); needs rpc.tls.key.
+    #[arg(
+        long = "rpc.tls.cert",
+        env = "OP_SIDECAR_RPC_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub rpc_tls_cert: Option<String>,
+    /// Private key (PEM) of rpc.tls.cert.
+    #[arg(
+        long = "rpc.tls.key",
+        env = "OP_SIDECAR_RPC_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub rpc_tls_key: Option<String>,
+    /// CA bundle (PEM): with it the RPC listener requires a client certificate signed by one of these CAs (mutual TLS).
+    #[arg(
+        long = "rpc.tls.client-ca",
+        env = "OP_SIDECAR_RPC_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
+    pub rpc_tls_client_ca: Option<String>,
     /// Require a token for control methods when rpc.jwt-secret is set; false trusts the network (e.g. for op-conductor-ops) [default: true].
     #[arg(long = "rpc.auth-control", env = "OP_SIDECAR_RPC_AUTH_CONTROL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub rpc_auth_control: Option<String>,
+    /// CA bundle (PEM) trusted for https:// URLs of op-node, op-geth and other sidecars, instead of the built-in public roots.
+    #[arg(long = "tls.ca", env = "OP_SIDECAR_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<String>,
+    /// Client certificate (PEM) presented to https:// servers that require one (peers with rpc.tls.client-ca); needs tls.key.
+    #[arg(long = "tls.cert", env = "OP_SIDECAR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// Private key (PEM) of tls.cert.
+    #[arg(long = "tls.key", env = "OP_SIDECAR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<String>,
     /// Admin listener (/healthz, /readyz, /metrics) address [default: 127.0.0.1].
     #[arg(long = "admin.addr", env = "OP_SIDECAR_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
@@ -376,6 +408,10 @@ pub struct Config {
     pub rpc_max_buffered: usize,
     pub rpc_jwt_secret: Option<PathBuf>,
     pub rpc_auth_control: bool,
+    /// TLS on the JSON-RPC listener; `None` serves plain HTTP.
+    pub rpc_tls: Option<ServerFiles>,
+    /// How outbound https:// connections are checked and which certificate they present.
+    pub tls: ClientFiles,
     pub admin_addr: IpAddr,
     pub admin_port: u16,
     pub lease_ttl: Duration,
@@ -400,6 +436,13 @@ pub enum ConfigError {
     Missing { setting: &'static str, env: String },
     #[error("config file {path}: {reason}")]
     File { path: String, reason: String },
+    /// One setting of a pair is given without the other (a certificate without its key).
+    #[error("{given} is set but {setting} is not (flag --{setting}, env {env}, or `{setting}` in the config file)")]
+    Incomplete {
+        setting: &'static str,
+        given: &'static str,
+        env: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,6 +585,101 @@ fn etcd_tls_settings(
     }
 }
 
+/// The origin of a setting that is given (for errors about a pair of settings).
+fn origin_of(r: &Resolver, setting: &'static str, cli: &Option<String>) -> Origin {
+    r.raw(setting, cli).map_or(Origin::Default, |(_, o)| o)
+}
+
+/// A certificate, key or CA file: readable and holding what it should. Checked now so a bad
+/// file is one config error at start rather than a failure at the first connection.
+fn cert_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim());
+    crate::tls::certificates(&p).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+fn key_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim());
+    crate::tls::private_key(&p).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+fn ca_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim());
+    crate::tls::roots(&p).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+/// A certificate and its key: both or neither.
+fn pair(
+    r: &Resolver,
+    (cert_name, cert_cli): (&'static str, &Option<String>),
+    (key_name, key_cli): (&'static str, &Option<String>),
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let cert = r.optional(cert_name, cert_cli, cert_file)?;
+    let key = r.optional(key_name, key_cli, key_file)?;
+    let missing = |setting: &'static str, given: &'static str| ConfigError::Incomplete {
+        setting,
+        given,
+        env: env_name(setting),
+    };
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(missing(key_name, cert_name)),
+        (None, Some(_)) => Err(missing(cert_name, key_name)),
+    }
+}
+
+fn rpc_tls_settings(r: &Resolver, args: &Args) -> Result<Option<ServerFiles>, ConfigError> {
+    let identity = pair(
+        r,
+        ("rpc.tls.cert", &args.rpc_tls_cert),
+        ("rpc.tls.key", &args.rpc_tls_key),
+    )?;
+    let client_ca = r.optional("rpc.tls.client-ca", &args.rpc_tls_client_ca, ca_file)?;
+    let Some((cert, key)) = identity else {
+        return match client_ca {
+            None => Ok(None),
+            Some(_) => Err(ConfigError::Incomplete {
+                setting: "rpc.tls.cert",
+                given: "rpc.tls.client-ca",
+                env: env_name("rpc.tls.cert"),
+            }),
+        };
+    };
+    let files = ServerFiles {
+        cert,
+        key,
+        client_ca,
+    };
+    // The files parse one by one; this also checks that the key belongs to the certificate.
+    crate::tls::server_config(&files).map_err(|e| ConfigError::Invalid {
+        setting: "rpc.tls.key",
+        value: files.key.display().to_string(),
+        origin: origin_of(r, "rpc.tls.key", &args.rpc_tls_key),
+        reason: e.to_string(),
+    })?;
+    Ok(Some(files))
+}
+
+fn client_tls_settings(r: &Resolver, args: &Args) -> Result<ClientFiles, ConfigError> {
+    let ca = r.optional("tls.ca", &args.tls_ca, ca_file)?;
+    let identity = pair(r, ("tls.cert", &args.tls_cert), ("tls.key", &args.tls_key))?;
+    let files = ClientFiles { ca, identity };
+    crate::tls::client_config(&files).map_err(|e| ConfigError::Invalid {
+        setting: "tls.key",
+        value: files
+            .identity
+            .as_ref()
+            .map(|(_, k)| k.display().to_string())
+            .unwrap_or_default(),
+        origin: origin_of(r, "tls.key", &args.tls_key),
+        reason: e.to_string(),
+    })?;
+    Ok(files)
+}
+
 fn etcd_user_settings(r: &Resolver, args: &Args) -> Result<Option<EtcdUser>, ConfigError> {
     let name = r.optional("etcd.username", &args.etcd_username, |s| {
         let s = s.trim();
@@ -588,17 +726,21 @@ fn etcd_user_settings(r: &Resolver, args: &Args) -> Result<Option<EtcdUser>, Con
     }
 }
 
+/// An op-node, op-geth or sidecar URL: http://, or https:// checked against tls.ca (or the
+/// built-in roots).
 fn parse_http_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "scheme {other} is not supported, use http:// (terminate TLS in front)"
+                "scheme {other} is not supported, use http:// or https://"
             ))
         }
-        None => return Err("missing scheme, expected http://host:port".into()),
+        None => {
+            return Err("missing scheme, expected http://host:port or https://host:port".into())
+        }
     }
     if uri.authority().is_none_or(|a| a.host().is_empty()) {
         return Err("missing host".into());
@@ -658,6 +800,12 @@ const SETTINGS: &[&str] = &[
     "rpc.max-buffered",
     "rpc.jwt-secret",
     "rpc.auth-control",
+    "rpc.tls.cert",
+    "rpc.tls.key",
+    "rpc.tls.client-ca",
+    "tls.ca",
+    "tls.cert",
+    "tls.key",
     "admin.addr",
     "admin.port",
     "lease.ttl",
@@ -859,6 +1007,9 @@ impl Config {
             parse_num::<IpAddr>,
         )?;
         let rpc_port = r.get("rpc.port", &args.rpc_port, Some("8547"), parse_num::<u16>)?;
+        let rpc_tls = rpc_tls_settings(&r, args)?;
+        let tls = client_tls_settings(&r, args)?;
+        let scheme = if rpc_tls.is_some() { "https" } else { "http" };
         let rpc_advertise =
             match r.optional("rpc.advertise", &args.rpc_advertise, parse_http_url)? {
                 Some(url) => url,
@@ -872,8 +1023,8 @@ impl Config {
                         ),
                     })
                 }
-                None if rpc_addr.is_ipv6() => format!("http://[{rpc_addr}]:{rpc_port}"),
-                None => format!("http://{rpc_addr}:{rpc_port}"),
+                None if rpc_addr.is_ipv6() => format!("{scheme}://[{rpc_addr}]:{rpc_port}"),
+                None => format!("{scheme}://{rpc_addr}:{rpc_port}"),
             };
         let rpc_max_body = r.get("rpc.max-body", &args.rpc_max_body, Some("33554432"), |s| {
             let n = parse_num::<usize>(s)?;
@@ -1078,6 +1229,8 @@ impl Config {
             rpc_max_buffered,
             rpc_jwt_secret,
             rpc_auth_control,
+            rpc_tls,
+            tls,
             admin_addr,
             admin_port,
             lease_ttl,
@@ -1098,11 +1251,8 @@ impl Config {
     /// The effective configuration keyed by setting name, for `op-sidecar config` and the startup log.
     pub fn to_json(&self) -> serde_json::Value {
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        json!({
-            "server.id": self.server_id,
-            "node.rpc": self.node_rpc,
-            "node.advertise": self.node_advertise,
-            "execution.rpc": self.execution_rpc,
+        // Two parts: one json! of every setting exceeds the macro's recursion limit.
+        let etcd = json!({
             "etcd.endpoints": self.etcd_endpoints,
             "etcd.prefix": self.etcd_prefix,
             "etcd.timeout": d(self.etcd_timeout),
@@ -1114,6 +1264,12 @@ impl Config {
             "etcd.username": self.etcd_user.as_ref().map(|u| u.name.clone()),
             // Only where the password comes from, never the password.
             "etcd.password": self.etcd_user.as_ref().map(|u| format!("<redacted> (from {})", u.source)),
+        });
+        let mut all = json!({
+            "server.id": self.server_id,
+            "node.rpc": self.node_rpc,
+            "node.advertise": self.node_advertise,
+            "execution.rpc": self.execution_rpc,
             "rpc.addr": self.rpc_addr.to_string(),
             "rpc.port": self.rpc_port,
             "rpc.advertise": self.rpc_advertise,
@@ -1125,6 +1281,12 @@ impl Config {
             "rpc.max-buffered": self.rpc_max_buffered,
             "rpc.jwt-secret": self.rpc_jwt_secret.as_ref().map(|p| p.display().to_string()),
             "rpc.auth-control": self.rpc_auth_control,
+            "rpc.tls.cert": self.rpc_tls.as_ref().map(|t| t.cert.display().to_string()),
+            "rpc.tls.key": self.rpc_tls.as_ref().map(|t| t.key.display().to_string()),
+            "rpc.tls.client-ca": self.rpc_tls.as_ref().and_then(|t| t.client_ca.as_ref()).map(|p| p.display().to_string()),
+            "tls.ca": self.tls.ca.as_ref().map(|p| p.display().to_string()),
+            "tls.cert": self.tls.identity.as_ref().map(|(c, _)| c.display().to_string()),
+            "tls.key": self.tls.identity.as_ref().map(|(_, k)| k.display().to_string()),
             "admin.addr": self.admin_addr.to_string(),
             "admin.port": self.admin_port,
             "lease.ttl": d(self.lease_ttl),
@@ -1137,7 +1299,11 @@ impl Config {
             "paused": self.paused,
             "log.format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "log.level": self.log_level,
-        })
+        });
+        if let (Some(all), serde_json::Value::Object(etcd)) = (all.as_object_mut(), etcd) {
+            all.extend(etcd);
+        }
+        all
     }
 }
 
@@ -1423,6 +1589,52 @@ mod tests {
         ])
         .expect("valid");
         assert!(c.etcd_tls.is_some());
+    }
+
+    #[test]
+    fn https_urls_are_accepted_and_pairs_are_checked() {
+        let c = parse(&[
+            "--server.id",
+            "a",
+            "--node.rpc",
+            "https://node.internal:9545",
+            "--execution.rpc",
+            "https://geth.internal:8545",
+            "--rpc.advertise",
+            "https://a.internal:8547",
+        ])
+        .expect("https:// URLs are valid");
+        assert_eq!(c.node_advertise, "https://node.internal:9545");
+        assert_eq!(c.tls, ClientFiles::default());
+        assert!(c.rpc_tls.is_none());
+        let e = parse(&[
+            "--server.id",
+            "a",
+            "--node.rpc",
+            "ftp://a:1",
+            "--execution.rpc",
+            "http://b:2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("node.rpc") && e.contains("https://"), "{e}");
+        let e = parse(&with(&["--tls.key", "/no/such.key"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.key") && e.contains("cannot read"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "junk").expect("write");
+        let junk = junk.display().to_string();
+        let e = parse(&with(&["--tls.ca", &junk])).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid tls.ca") && e.contains("no certificate"),
+            "{e}"
+        );
+        let e = parse(&with(&["--rpc.tls.client-ca", &junk]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpc.tls.client-ca"), "{e}");
     }
 
     #[test]

@@ -148,6 +148,8 @@ impl Controller {
         let wake = self.wake.clone();
         loop {
             self.s.control_beat.beat();
+            #[cfg(debug_assertions)]
+            freeze_point(&self.s.config.server_id).await;
             // While holding the lease the loop also wakes at its deadline, idle or not.
             let deadline = self.term.as_ref().map(|t| t.deadline());
             tokio::select! {
@@ -1166,6 +1168,24 @@ impl Controller {
             Ok(()) => self.last_member = Some((lease.id, m)),
             Err(e) => tracing::debug!(error = %e, "could not publish member record"),
         }
+    }
+}
+
+/// Debug builds only (never in a release binary): while the file named by
+/// `OP_SIDECAR_DEBUG_FREEZE_CONTROL` exists and holds this sidecar's id, the control loop makes
+/// no progress, as a deadlocked or blocked loop would, so a test can prove the watchdog works.
+#[cfg(debug_assertions)]
+async fn freeze_point(me: &str) {
+    let Some(path) = std::env::var_os("OP_SIDECAR_DEBUG_FREEZE_CONTROL") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let mut warned = false;
+    while std::fs::read_to_string(&path).is_ok_and(|id| id.trim() == me) {
+        if !std::mem::replace(&mut warned, true) {
+            tracing::warn!(path = %path.display(), "debug freeze point: control loop frozen while this file exists");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -5,10 +5,12 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::rpc::auth::JwtSecret;
 use bytes::Bytes;
 use clap::Subcommand;
 use http::{header, Request};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
@@ -40,6 +42,33 @@ pub struct CtlArgs {
         value_name = "FILE"
     )]
     pub jwt_secret: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for https:// sidecars, instead of the built-in public roots
+    /// (as the sidecars' --tls.ca).
+    #[arg(
+        long = "tls.ca",
+        env = "OP_SIDECAR_CTL_TLS_CA",
+        value_name = "FILE",
+        global = true
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for sidecars that require one (--rpc.tls.client-ca); needs --tls.key.
+    #[arg(
+        long = "tls.cert",
+        env = "OP_SIDECAR_CTL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        global = true
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls.cert.
+    #[arg(
+        long = "tls.key",
+        env = "OP_SIDECAR_CTL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Print JSON on stdout instead of a table or a sentence.
     #[arg(long = "json", env = "OP_SIDECAR_CTL_JSON", global = true)]
     pub json: bool,
@@ -131,42 +160,24 @@ impl CtlError {
 
 // === JWT ===
 
-/// Reads a secret file as the Engine API has it: 32 bytes, hex, optional `0x`.
-pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, CtlError> {
+/// Reads a secret file as the sidecars do (`--rpc.jwt-secret`): 32 bytes, hex, optional `0x`.
+/// Never generates one: a fresh secret would only make every call fail.
+pub fn read_secret(path: &std::path::Path) -> Result<JwtSecret, CtlError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CtlError::Usage(format!("--jwt-secret {}: {e}", path.display())))?;
-    parse_secret(&text)
-        .map_err(|e| CtlError::Usage(format!("--jwt-secret {}: {e}", path.display())))
-}
-
-pub fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
-    let t = text.trim();
-    let t = t.strip_prefix("0x").unwrap_or(t);
-    let bytes = hex::decode(t).map_err(|e| format!("not hex: {e}"))?;
-    if bytes.len() != 32 {
-        return Err(format!("{} bytes, expected 32", bytes.len()));
-    }
-    Ok(bytes)
-}
-
-/// An HS256 token with only `iat` (now), as the Engine API and op-node's clients send.
-pub fn token(secret: &[u8]) -> Result<String, CtlError> {
-    let iat = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "iat": iat }),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| CtlError::Usage(format!("cannot sign a token: {e}")))
+    JwtSecret::from_hex(&text).map_err(|e| {
+        CtlError::Usage(format!(
+            "--jwt-secret {}: {e}, expected 32 hex-encoded bytes",
+            path.display()
+        ))
+    })
 }
 
 // === client ===
 
 struct Rpc {
-    http: Client<HttpConnector, Full<Bytes>>,
-    secret: Option<Vec<u8>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    secret: Option<JwtSecret>,
     timeout: Duration,
 }
 
@@ -185,7 +196,10 @@ impl Rpc {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let mut req = Request::post(url).header(header::CONTENT_TYPE, "application/json");
         if let Some(secret) = &self.secret {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {}", token(secret)?));
+            req = req.header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", secret.token(None)),
+            );
         }
         let req = req
             .body(Full::new(Bytes::from(body.to_string())))
@@ -253,11 +267,17 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A member's advertised address as a URL (configured membership may omit the scheme).
-fn member_url(addr: &str) -> String {
+fn member_url(addr: &str, like: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        // The scheme of the `--rpc` URL: a cluster serving TLS serves it on every member.
+        let scheme = if like.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
     }
 }
 
@@ -304,8 +324,13 @@ fn print_output(out: &Output, json_out: bool) {
 
 async fn execute(args: CtlArgs) -> Result<Output, CtlError> {
     let secret = args.jwt_secret.as_deref().map(read_secret).transpose()?;
+    let tls = crate::tls::client_config(&crate::tls::ClientFiles {
+        ca: args.tls_ca.clone(),
+        identity: args.tls_cert.clone().zip(args.tls_key.clone()),
+    })
+    .map_err(|e| CtlError::Usage(format!("TLS: {e}")))?;
     let rpc = Rpc {
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: Client::builder(TokioExecutor::new()).build(crate::rpc::client::connector(tls)),
         secret,
         timeout: args.timeout,
     };
@@ -362,7 +387,7 @@ async fn members(rpc: &Rpc, url: &str) -> Result<Vec<(String, String, bool)>, Ct
             let id = s.get("id")?.as_str()?.to_string();
             let addr = s.get("addr").and_then(Value::as_str).unwrap_or("");
             let voter = s.get("suffrage").and_then(Value::as_u64).unwrap_or(0) == 0;
-            Some((id, member_url(addr), voter))
+            Some((id, member_url(addr, url), voter))
         })
         .collect())
 }
@@ -562,7 +587,7 @@ async fn leader(rpc: &Rpc, url: &str) -> Result<Option<(String, String)>, CtlErr
         return Ok(None);
     }
     let addr = l.get("addr").and_then(Value::as_str).unwrap_or("");
-    Ok(Some((id.to_string(), member_url(addr))))
+    Ok(Some((id.to_string(), member_url(addr, url))))
 }
 
 async fn transfer(
@@ -717,36 +742,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_parses_with_or_without_0x_and_rejects_wrong_lengths() {
-        let hex64 = "11".repeat(32);
-        assert_eq!(parse_secret(&hex64).expect("plain").len(), 32);
-        assert_eq!(parse_secret(&format!("0x{hex64}\n")).expect("0x").len(), 32);
-        assert!(parse_secret("0x1234").is_err());
-        assert!(parse_secret("zz").is_err());
-    }
-
-    #[test]
-    fn token_is_hs256_with_iat() {
-        let secret = [7u8; 32];
-        let t = token(&secret).expect("token");
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        v.required_spec_claims.clear();
-        v.validate_exp = false;
-        let data =
-            jsonwebtoken::decode::<Value>(&t, &jsonwebtoken::DecodingKey::from_secret(&secret), &v)
-                .expect("decodes");
-        let iat = data.claims["iat"].as_u64().expect("iat");
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        assert!(now.abs_diff(iat) <= 2);
-    }
-
-    #[test]
     fn member_urls_get_a_scheme() {
-        assert_eq!(member_url("10.0.0.1:8547"), "http://10.0.0.1:8547");
-        assert_eq!(member_url("https://a:1"), "https://a:1");
+        assert_eq!(
+            member_url("10.0.0.1:8547", "http://b:1"),
+            "http://10.0.0.1:8547"
+        );
+        assert_eq!(
+            member_url("10.0.0.1:8547", "https://b:1"),
+            "https://10.0.0.1:8547"
+        );
+        assert_eq!(member_url("https://a:1", "http://b:1"), "https://a:1");
     }
 
     #[test]

@@ -476,14 +476,23 @@ pub fn deadline(sent: Instant, granted: Duration, ttl: Duration) -> Instant {
     sent + granted.min(ttl) - margin(ttl)
 }
 
+/// Who the lease is kept for: its heartbeat, and how long it may go without beating before
+/// it counts as stuck.
+pub struct Owner {
+    pub beat: Arc<crate::status::Heartbeat>,
+    pub bound: Duration,
+}
+
 /// Keeps one lease alive and publishes it; grants a new one when etcd says it is gone. Runs
-/// until cancelled; the caller revokes the lease during shutdown.
+/// until cancelled; the caller revokes the lease during shutdown. Stops renewing (but keeps
+/// running) while `owner` is stuck.
 pub async fn run_lease(
     pool: Arc<EtcdPool>,
     ttl: Duration,
     limit: Duration,
     tx: watch::Sender<Option<LeaseState>>,
     beat: Arc<crate::status::Heartbeat>,
+    owner: Owner,
     cancel: CancellationToken,
 ) {
     let ttl_secs = ttl.as_secs() as i64;
@@ -531,6 +540,7 @@ pub async fn run_lease(
         // Send instants of keepalives not yet acknowledged, oldest first. Matching an ack to an
         // older send than its own only makes the deadline earlier, never later.
         let mut pending: VecDeque<Stamp> = VecDeque::new();
+        let mut withheld = false;
         let mut tick = tokio::time::interval(keepalive_interval(ttl));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -560,6 +570,18 @@ pub async fn run_lease(
                     }
                 },
                 _ = tick.tick() => {
+                    // A lease is only worth renewing for an owner that acts on it: with its
+                    // owner stuck, let the lease lapse so another sidecar can lead.
+                    let idle = owner.beat.age();
+                    if idle > owner.bound {
+                        if !std::mem::replace(&mut withheld, true) {
+                            tracing::error!(lease = format_args!("{id:x}"), stuck = ?idle, "control loop stuck: no longer renewing the lease, so another sidecar can take over");
+                        }
+                        continue;
+                    }
+                    if std::mem::take(&mut withheld) {
+                        tracing::info!(lease = format_args!("{id:x}"), "control loop moving again: renewing the lease");
+                    }
                     let now = Stamp::now();
                     match stream.as_mut() {
                         Some((keeper, _)) => {

@@ -13,6 +13,7 @@
 //! - [`transfer`]: operator-requested leadership transfer.
 //! - [`maintenance`]: etcd history compaction (leader) and etcd size/quota/alarm reporting.
 //! - [`rpc`]: the JSON-RPC endpoint; [`admin`]: /healthz, /readyz, /metrics; [`metrics`].
+//! - [`tls`]: rustls configurations for the RPC listener and outbound https:// from PEM files.
 //! - [`ctl`]: `op-sidecar ctl`, the operator CLI (a JSON-RPC client of any sidecar).
 
 pub mod admin;
@@ -33,4 +34,5 @@ pub mod sequencer;
 pub mod state;
 pub mod status;
 pub mod term;
+pub mod tls;
 pub mod transfer;

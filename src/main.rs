@@ -6,6 +6,7 @@ use clap::Parser;
 use op_sidecar::config::{Cli, Command, Config, LogFormat, EXIT_CONFIG};
 use op_sidecar::election::AccessError;
 use op_sidecar::rpc::auth::SecretError;
+use op_sidecar::tls::TlsError;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -77,11 +78,13 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "op-sidecar failed");
             eprintln!("error: {e:#}");
-            // Wrong TLS files, credentials, permissions or JWT secret: a configuration error.
+            // Wrong TLS files (etcd's or our own), credentials, permissions or JWT secret: a
+            // configuration error.
             let config_error = e.chain().any(|c| {
                 c.downcast_ref::<AccessError>()
                     .is_some_and(AccessError::is_config)
                     || c.is::<SecretError>()
+                    || c.is::<TlsError>()
             });
             if config_error {
                 ExitCode::from(EXIT_CONFIG as u8)

@@ -146,14 +146,17 @@ impl Heartbeat {
     }
 }
 
+/// The longest the control loop may go without beating: past it /healthz fails and the lease
+/// task stops renewing the lease.
+pub fn control_bound(config: &Config) -> Duration {
+    config.catchup_timeout + config.lease_ttl * 3 + config.etcd_timeout * 2 + Duration::from_secs(5)
+}
+
 /// /healthz's verdict: Err names the task that has not beaten within its bound. The bounds
 /// cover the longest wait each task makes by design (a handover's catch-up, a lease grant's
 /// retries), so only a task that is really stuck fails it.
 pub fn liveness(control_age: Duration, lease_age: Duration, config: &Config) -> Result<(), String> {
-    let control_bound = config.catchup_timeout
-        + config.lease_ttl * 3
-        + config.etcd_timeout * 2
-        + Duration::from_secs(5);
+    let control_bound = control_bound(config);
     let lease_bound = config.etcd_timeout * 3 + config.lease_ttl * 2 + Duration::from_secs(5);
     if control_age > control_bound {
         return Err(format!(

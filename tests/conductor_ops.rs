@@ -341,3 +341,76 @@ async fn rpc_port_extras_and_result_shapes() {
     );
     f.assert_invariants();
 }
+
+/// /healthz is a watchdog, not a constant `ok`, and a stuck loop does not keep the lead: when
+/// the leader's control loop stops making progress (a debug-build freeze point stands in for a
+/// deadlock or a blocked await), its /healthz turns 503 and names the loop while /readyz and
+/// the RPC port still answer, and its lease task stops renewing the lease, so the other sidecar
+/// takes over (and stops the frozen leader's node). Once the loop moves again, /healthz is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_control_loop_fails_healthz_and_gives_up_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let freeze = dir.path().join("freeze-control");
+    let opts = FixtureOpts::default()
+        .env("OP_SIDECAR_DEBUG_FREEZE_CONTROL", freeze.to_str().unwrap())
+        .flag("--handover.catchup-timeout", "1s")
+        .flag("--etcd.timeout", "1s");
+    let mut f = Fixture::start(2, opts).await;
+    let leader = f.wait_single_active(SETTLE).await;
+    let healthz = format!("{}/healthz", f.sidecars[leader].admin_url());
+    let get = |url: String| async move {
+        common::rpc::get(&url, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    };
+    assert_eq!(get(healthz.clone()).await.0, 200);
+
+    std::fs::write(&freeze, Fixture::id(leader)).unwrap();
+    // The bound is catch-up (1 s) + 3 lease TTLs + 2 etcd timeouts + 5 s: about 17 s here.
+    let by = tokio::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (code, body) = get(healthz.clone()).await;
+        if code == 503 {
+            break body;
+        }
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < by,
+            "/healthz still 200 60 s into a frozen control loop"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(body.contains("control loop stuck"), "{body}");
+    // The rest of the process still answers: only the watchdog reports the stuck loop.
+    let (code, _) = get(format!("{}/readyz", f.sidecars[leader].admin_url())).await;
+    assert!(code == 200 || code == 503, "/readyz answers");
+    let url = f.sidecar(leader).url();
+    rpc(&url, "conductor_leader", json!([])).await.unwrap();
+    // The frozen leader's lease lapses; the other sidecar leads and stops the frozen one's node.
+    let other = f.wait_new_leader(leader, FAILOVER).await;
+    assert_ne!(other, leader);
+    assert!(
+        f.sidecar(leader)
+            .log()
+            .contains("no longer renewing the lease"),
+        "{}",
+        f.sidecar(leader).log_tail(30)
+    );
+
+    std::fs::remove_file(&freeze).unwrap();
+    let by = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(healthz.clone()).await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < by,
+            "/healthz stayed {code}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    f.wait_single_active(SETTLE).await;
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}

@@ -388,3 +388,206 @@ fn op_conductor_only_flags_are_reported_with_their_replacement() {
     assert!(lines[0].contains("--raft.bootstrap") && lines[0].contains("membership"));
     assert!(lines[1].contains("--etcd.endpoints"));
 }
+
+// === TLS settings ===
+
+/// One throwaway PKI for this test binary (openssl is slow enough to share it).
+fn certs() -> &'static common::certs::TestCerts {
+    static CERTS: std::sync::OnceLock<common::certs::TestCerts> = std::sync::OnceLock::new();
+    CERTS.get_or_init(common::certs::TestCerts::generate)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn rpc_tls_certificate_without_key_and_the_reverse_are_config_errors() {
+    let c = certs();
+    let r = run(&run_args(&[], &["--rpc.tls.cert", p(&c.server_cert)]), &[]).await;
+    assert_config_error(&r, &["rpc.tls.key"], "--rpc.tls.cert without --rpc.tls.key");
+    let r = run(&run_args(&[], &["--rpc.tls.key", p(&c.server_key)]), &[]).await;
+    assert_config_error(
+        &r,
+        &["rpc.tls.cert"],
+        "--rpc.tls.key without --rpc.tls.cert",
+    );
+    let r = run(&run_args(&[], &["--tls.cert", p(&c.client_cert)]), &[]).await;
+    assert_config_error(&r, &["tls.key"], "--tls.cert without --tls.key");
+    let r = run(&run_args(&[], &["--rpc.tls.client-ca", p(&c.ca)]), &[]).await;
+    assert_config_error(
+        &r,
+        &["rpc.tls.client-ca"],
+        "--rpc.tls.client-ca without a certificate",
+    );
+}
+
+#[tokio::test]
+async fn missing_garbage_and_mismatched_tls_files_are_config_errors() {
+    let c = certs();
+    let cases: [(&str, &[&str], &str); 7] = [
+        (
+            "missing certificate file",
+            &[
+                "--rpc.tls.cert",
+                "/nonexistent/rpc.pem",
+                "--rpc.tls.key",
+                p(&c.server_key),
+            ],
+            "rpc.tls.cert",
+        ),
+        (
+            "garbage certificate",
+            &[
+                "--rpc.tls.cert",
+                p(&c.garbage),
+                "--rpc.tls.key",
+                p(&c.server_key),
+            ],
+            "rpc.tls.cert",
+        ),
+        (
+            "truncated certificate",
+            &[
+                "--rpc.tls.cert",
+                p(&c.truncated),
+                "--rpc.tls.key",
+                p(&c.server_key),
+            ],
+            "rpc.tls.cert",
+        ),
+        (
+            "garbage key",
+            &[
+                "--rpc.tls.cert",
+                p(&c.server_cert),
+                "--rpc.tls.key",
+                p(&c.garbage),
+            ],
+            "rpc.tls.key",
+        ),
+        (
+            "key of another certificate",
+            &[
+                "--rpc.tls.cert",
+                p(&c.server_cert),
+                "--rpc.tls.key",
+                p(&c.client_key),
+            ],
+            "rpc.tls.key",
+        ),
+        ("garbage client CA", &["--tls.ca", p(&c.garbage)], "tls.ca"),
+        (
+            "garbage mTLS CA",
+            &[
+                "--rpc.tls.cert",
+                p(&c.server_cert),
+                "--rpc.tls.key",
+                p(&c.server_key),
+                "--rpc.tls.client-ca",
+                p(&c.garbage),
+            ],
+            "rpc.tls.client-ca",
+        ),
+    ];
+    for (what, extra, setting) in cases {
+        let r = run(&run_args(&[], extra), &[]).await;
+        assert_config_error(&r, &[setting], what);
+    }
+    // The reasons are specific, not a generic "invalid".
+    let r = run(
+        &run_args(
+            &[],
+            &[
+                "--rpc.tls.cert",
+                "/nonexistent/rpc.pem",
+                "--rpc.tls.key",
+                p(&c.server_key),
+            ],
+        ),
+        &[],
+    )
+    .await;
+    assert!(
+        r.stderr.contains("cannot read /nonexistent/rpc.pem"),
+        "{}",
+        r.stderr
+    );
+    let r = run(
+        &run_args(
+            &[],
+            &[
+                "--rpc.tls.cert",
+                p(&c.garbage),
+                "--rpc.tls.key",
+                p(&c.server_key),
+            ],
+        ),
+        &[],
+    )
+    .await;
+    assert!(r.stderr.contains("no certificate"), "{}", r.stderr);
+    let r = run(
+        &run_args(
+            &[],
+            &[
+                "--rpc.tls.cert",
+                p(&c.server_cert),
+                "--rpc.tls.key",
+                p(&c.client_key),
+            ],
+        ),
+        &[],
+    )
+    .await;
+    assert!(
+        r.stderr
+            .contains("private key does not match the certificate"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn tls_settings_come_from_the_file_and_switch_the_advertised_scheme() {
+    let c = certs();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[server]
+id = "tls"
+[node]
+rpc = "https://127.0.0.1:9545"
+[execution]
+rpc = "https://127.0.0.1:8545"
+[rpc.tls]
+cert = "{}"
+key = "{}"
+client-ca = "{}"
+[tls]
+ca = "{}"
+cert = "{}"
+key = "{}"
+"#,
+            p(&c.server_cert),
+            p(&c.server_key),
+            p(&c.ca),
+            p(&c.ca),
+            p(&c.client_cert),
+            p(&c.client_key),
+        ),
+    )
+    .unwrap();
+    let r = run(&["config", "--config", p(&file)], &[]).await;
+    assert_eq!(r.code, Some(0), "stderr:\n{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["rpc.advertise"], "https://127.0.0.1:8547");
+    assert_eq!(v["node.rpc"], "https://127.0.0.1:9545");
+    assert_eq!(v["rpc.tls.cert"], p(&c.server_cert));
+    assert_eq!(v["rpc.tls.client-ca"], p(&c.ca));
+    assert_eq!(v["tls.ca"], p(&c.ca));
+    assert_eq!(v["tls.key"], p(&c.client_key));
+}

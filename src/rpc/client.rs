@@ -1,4 +1,4 @@
-//! Outgoing JSON-RPC over HTTP/1.1 (to op-node, op-geth and other sidecars) with a per-call time limit; knows no method semantics.
+//! Outgoing JSON-RPC over HTTP/1.1, plain or https:// (to op-node, op-geth and other sidecars) with a per-call time limit; knows no method semantics.
 
 use std::time::Duration;
 
@@ -6,6 +6,7 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
@@ -67,31 +68,39 @@ impl CallError {
     }
 }
 
+/// Connects http:// URLs as they are and https:// ones over TLS with `tls` (see
+/// `crate::tls::client_config`). The connect timeout bounds TCP only; the TLS handshake runs
+/// inside each call's own time limit.
+pub fn connector(tls: rustls::ClientConfig) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    // The scheme is the TLS wrapper's business; the TCP connector must let https:// through.
+    http.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 /// A pooled HTTP client; cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// The cluster's JWT secret and this sidecar's id: calls to other sidecars carry a fresh
     /// token, since forwarded control calls need one there too.
     peer_auth: Option<(Arc<JwtSecret>, Arc<str>)>,
 }
 
-impl Default for HttpClient {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl HttpClient {
-    pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    /// A client for http:// and https:// URLs, the latter checked with `tls`.
+    pub fn new(tls: rustls::ClientConfig) -> Self {
         let inner = Client::builder(TokioExecutor::new())
             // A crashed or restarted peer leaves dead pooled connections; keep them short-lived.
             .pool_idle_timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(16)
-            .build(connector);
+            .build(connector(tls));
         HttpClient {
             inner,
             peer_auth: None,

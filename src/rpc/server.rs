@@ -1,4 +1,4 @@
-//! The JSON-RPC HTTP listener: connection caps, body deadline and byte budget, request permits, request parsing, batches, per-request time limit and graceful drain; method semantics live in `methods`, the limits' bookkeeping in `limits`.
+//! The JSON-RPC HTTP listener: optional TLS (handshake per connection, under the read deadline), connection caps, body deadline and byte budget, request permits, request parsing, batches, per-request time limit and graceful drain; method semantics live in `methods`, the limits' bookkeeping in `limits`, TLS configuration in `crate::tls`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +21,9 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth;
@@ -50,8 +53,14 @@ const H2_MAX_STREAMS: u32 = 32;
 /// The first bytes of a body that tell a single call's method (see `limits::peek_class`).
 const PEEK_BYTES: usize = 512;
 
-/// Serves until `shutdown` completes, then stops accepting and waits (bounded) for in-flight requests.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+/// Serves until `shutdown` completes, then stops accepting and waits (bounded) for in-flight
+/// requests. With `tls`, every connection is a TLS connection (no plain HTTP on the same port).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let c = &shared.config;
     let limits = Arc::new(Limits::new(
         c.rpc_max_conns,
@@ -62,7 +71,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         shared.metrics.clone(),
     ));
     let read_timeout = c.rpc_read_timeout;
+    let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
+    // Connections still in their TLS handshake are not yet watched by `graceful`; this ends them.
+    let stopping = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -77,6 +89,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(u32::try_from(MAX_HEAD_BUF).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     let mut fd_warned = false;
     loop {
@@ -102,6 +115,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 }
             },
         };
+        let accepted = Instant::now();
+        // Admitted before the handshake: a connection counts against the caps from its first
+        // byte, and one stalled in its handshake is idle and the first to be evicted.
         let Some(guard) = limits.conns.admit(canonical(peer.ip())) else {
             limits.refused("conn_refused");
             tracing::debug!(%peer, "connection refused: every connection is processing a request");
@@ -116,16 +132,45 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 async move { Ok::<_, Infallible>(handle_http(&shared, &limits, &conn, peer, req).await) }
             })
         };
-        let served = builder
-            .serve_connection(TokioIo::new(StallIo::new(stream, read_timeout)), svc)
-            .into_owned();
-        let served = graceful.watch(served);
-        let limits = limits.clone();
+        let watcher = graceful.watcher();
+        let (limits, builder, acceptor, stopping) = (
+            limits.clone(),
+            builder.clone(),
+            acceptor.clone(),
+            stopping.clone(),
+        );
         tokio::spawn(async move {
             let _guard = guard;
-            // A connection that never sends a request (or never finishes choosing HTTP/1 or 2)
-            // is closed after the read timeout; hyper's own timers cover the rest.
-            let first_request = tokio::time::sleep(read_timeout);
+            // A connection must finish its handshake and send a first request (or finish
+            // choosing HTTP/1 or 2) within the read timeout of its accept; hyper's own timers
+            // cover the rest.
+            let deadline = accepted + read_timeout;
+            let io = StallIo::new(stream, read_timeout);
+            let io = match acceptor {
+                None => Either::Left(io),
+                // Here, in the connection's own task: a client that stalls or trickles its
+                // handshake delays nobody else's accept or requests.
+                Some(acceptor) => tokio::select! {
+                    r = tokio::time::timeout_at(deadline, acceptor.accept(io)) => match r {
+                        Ok(Ok(tls)) => Either::Right(tls),
+                        Ok(Err(e)) => {
+                            limits.refused("tls_handshake");
+                            tracing::debug!(%peer, error = %e, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            limits.refused("tls_handshake_timeout");
+                            tracing::debug!(%peer, "tls handshake not completed within rpc.read-timeout");
+                            return;
+                        }
+                    },
+                    _ = conn.kill.cancelled() => return,
+                    _ = stopping.cancelled() => return,
+                },
+            };
+            let served = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+            let served = watcher.watch(served);
+            let first_request = tokio::time::sleep_until(deadline);
             tokio::pin!(served, first_request);
             let mut awaiting_first = true;
             loop {
@@ -152,6 +197,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         });
     }
     drop(listener);
+    stopping.cancel();
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()

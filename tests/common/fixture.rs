@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::certs::TestCerts;
+use super::tls_proxy::TlsTerminator;
 use super::{etcd, rpc, unique, wait_until, Etcd, Sidecar, SidecarBuilder, TcpProxy};
 
 /// How long the one-active-sequencer condition must hold before it counts as settled.
@@ -37,6 +39,17 @@ pub struct FixtureOpts {
     pub etcd_args: Vec<String>,
     /// etcd with client-certificate auth; the sidecars get the matching TLS flags.
     pub etcd_tls: Option<std::sync::Arc<super::etcd::EtcdTls>>,
+    /// Extra environment of every sidecar.
+    pub env: Vec<(String, String)>,
+    /// Sidecars serve JSON-RPC over TLS with the server certificate and trust the CA for
+    /// https:// peers; the harness's own calls trust it too (see [`rpc::trust`]).
+    pub rpc_tls: Option<std::sync::Arc<TestCerts>>,
+    /// With `rpc_tls`: the RPC port also requires a client certificate signed by the CA, and
+    /// every sidecar presents the client certificate (the harness always does).
+    pub rpc_mtls: bool,
+    /// Sidecars reach their op-node and op-geth over https://, through a TLS terminator in
+    /// front of each simulated endpoint, trusting this CA.
+    pub node_tls: Option<std::sync::Arc<TestCerts>>,
 }
 
 impl Default for FixtureOpts {
@@ -50,6 +63,10 @@ impl Default for FixtureOpts {
             conductor_timeout: Duration::from_secs(1),
             etcd_args: Vec::new(),
             etcd_tls: None,
+            env: Vec::new(),
+            rpc_tls: None,
+            rpc_mtls: false,
+            node_tls: None,
         }
     }
 }
@@ -65,6 +82,11 @@ impl FixtureOpts {
 
     pub fn with_proxy(mut self) -> Self {
         self.etcd_proxy = true;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -85,6 +107,8 @@ pub struct Fixture {
     /// Index-aligned with the simulated nodes once [`Fixture::start_sidecars`] ran; empty before.
     pub sidecars: Vec<Sidecar>,
     pub proxies: Vec<Option<TcpProxy>>,
+    /// With [`FixtureOpts::node_tls`]: node `i`'s https:// op-node and op-geth fronts.
+    pub node_fronts: Vec<(TlsTerminator, TlsTerminator)>,
     pub sim: op_node_sim::Cluster,
     pub etcd: Etcd,
     pub prefix: String,
@@ -105,6 +129,10 @@ impl Fixture {
     /// each node already points at the URL its sidecar will serve), but no sidecar yet: for
     /// scenarios that act on the chain before the sidecars exist. Then [`Fixture::start_sidecars`].
     pub async fn start_without_sidecars(n: usize, opts: FixtureOpts) -> Self {
+        assert!(
+            !(opts.conductor && opts.rpc_tls.is_some()),
+            "the simulator's conductor client speaks plain HTTP: no conductor mode with rpc_tls"
+        );
         let etcd_args: Vec<&str> = opts.etcd_args.iter().map(String::as_str).collect();
         let etcd = Etcd::start_with(&etcd_args, opts.etcd_tls.clone()).await;
         let rpc_ports: Vec<Option<u16>> = (0..n)
@@ -136,9 +164,31 @@ impl Fixture {
                 None
             });
         }
+        let mut node_fronts = Vec::new();
+        if let Some(certs) = &opts.node_tls {
+            for node in sim.nodes() {
+                node_fronts.push((
+                    TlsTerminator::start(certs, &node.node_url()).await,
+                    TlsTerminator::start(certs, &node.geth_url()).await,
+                ));
+            }
+        }
+        if let Some(certs) = &opts.rpc_tls {
+            // Always the client certificate: it is sent only to servers that ask for one, and
+            // the setting is process-wide, shared by fixtures with and without mutual TLS.
+            let identity = Some((certs.client_cert.clone(), certs.client_key.clone()));
+            rpc::trust(
+                op_sidecar::tls::client_config(&op_sidecar::tls::ClientFiles {
+                    ca: Some(certs.ca.clone()),
+                    identity,
+                })
+                .expect("client TLS config from the test certificates"),
+            );
+        }
         Self {
             sidecars: Vec::new(),
             proxies,
+            node_fronts,
             sim,
             etcd,
             prefix,
@@ -227,18 +277,32 @@ impl Fixture {
             .as_ref()
             .map_or_else(|| self.etcd.client_url(), TcpProxy::url);
         let node = self.sim.node(i);
-        let mut b = SidecarBuilder::new(
-            &Self::id(i),
-            &node.node_url(),
-            &node.geth_url(),
-            &endpoints,
-            &self.prefix,
-        );
+        let (node_url, geth_url) = match self.node_fronts.get(i) {
+            Some((n, g)) => (n.url(), g.url()),
+            None => (node.node_url(), node.geth_url()),
+        };
+        let mut b =
+            SidecarBuilder::new(&Self::id(i), &node_url, &geth_url, &endpoints, &self.prefix);
+        let path = |p: &std::path::Path| p.display().to_string();
+        if let Some(c) = &self.opts.node_tls {
+            b = b.flag("--tls.ca", &path(&c.ca));
+        }
+        if let Some(c) = &self.opts.rpc_tls {
+            b = b
+                .flag("--rpc.tls.cert", &path(&c.server_cert))
+                .flag("--rpc.tls.key", &path(&c.server_key))
+                .flag("--tls.ca", &path(&c.ca));
+            if self.opts.rpc_mtls {
+                b = b
+                    .flag("--rpc.tls.client-ca", &path(&c.ca))
+                    .flag("--tls.cert", &path(&c.client_cert))
+                    .flag("--tls.key", &path(&c.client_key));
+            }
+        }
         if let Some(port) = self.rpc_ports[i] {
             b = b.rpc_port(port);
         }
         if let Some(t) = &self.opts.etcd_tls {
-            let path = |p: &std::path::Path| p.display().to_string();
             b = b
                 .flag("--etcd.tls.ca", &path(&t.ca))
                 .flag("--etcd.tls.cert", &path(&t.client_cert))
@@ -246,6 +310,9 @@ impl Fixture {
         }
         for (name, value) in &self.opts.flags {
             b = b.flag(name, value);
+        }
+        for (key, value) in &self.opts.env {
+            b = b.env(key, value);
         }
         b
     }

@@ -4,11 +4,13 @@
 //! Every `tests/*.rs` does `mod common;` and uses only part of this, hence the `dead_code` allow.
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
+pub mod certs;
 pub mod etcd;
 pub mod fixture;
 pub mod proxy;
 pub mod rpc;
 pub mod sidecar;
+pub mod tls_proxy;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -1,6 +1,9 @@
-//! A minimal JSON-RPC 2.0 client over HTTP/1.1 (one hyper connection per call) with a timeout.
+//! A minimal JSON-RPC 2.0 client over HTTP/1.1 (one hyper connection per call) with a timeout;
+//! https:// URLs use the process-wide TLS settings from [`trust`], or explicit ones
+//! ([`rpc_tls`], [`request_tls`]) for tests about who is refused.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -96,14 +99,33 @@ pub async fn raw_post(url: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
     }
 }
 
-/// `http://host:port/path` -> (`host:port`, `/path`).
-fn split_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// URLs are supported: {url}"))?;
+/// The client TLS settings for https:// URLs of [`rpc`], [`post`], [`get`] and the fixture's
+/// helpers; set once by a test binary whose sidecars serve TLS.
+static TRUSTED: Mutex<Option<Arc<rustls::ClientConfig>>> = Mutex::new(None);
+
+/// Uses `config` for every https:// call that is not given its own.
+pub fn trust(config: rustls::ClientConfig) {
+    *TRUSTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(config));
+}
+
+fn trusted() -> Option<Arc<rustls::ClientConfig>> {
+    TRUSTED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// `http://host:port/path` -> (https?, `host:port`, `/path`).
+fn split_url(url: &str) -> Result<(bool, String, String), String> {
+    let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+                "only http:// and https:// URLs are supported: {url}"
+            ))
+        }
+    };
     Ok(match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
+        Some(i) => (https, rest[..i].to_string(), rest[i..].to_string()),
+        None => (https, rest.to_string(), "/".to_string()),
     })
 }
 
@@ -174,40 +196,81 @@ async fn request(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<(u16, Bytes), String> {
-    let (authority, path) = split_url(url)?;
+    request_tls(method, url, body, headers, timeout, trusted()).await
+}
+
+/// Calls `method` at an https:// `url` with the given client TLS settings.
+pub async fn rpc_tls(
+    url: &str,
+    method: &str,
+    params: Value,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Value, RpcError> {
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let body = serde_json::to_vec(&req).expect("serialize request");
+    let (status, bytes) = request_tls(
+        hyper::Method::POST,
+        url,
+        body,
+        &[],
+        DEFAULT_TIMEOUT,
+        Some(tls),
+    )
+    .await
+    .map_err(RpcError::transport)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        RpcError::transport(format!(
+            "HTTP {status}, body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        ))
+    })?;
+    if let Some(err) = v.get("error") {
+        return Err(RpcError {
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        });
+    }
+    v.get("result")
+        .cloned()
+        .ok_or_else(|| RpcError::transport(format!("HTTP {status}, no result: {v}")))
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; https:// URLs go over TLS with `tls` (an
+/// https:// URL without settings is an error, not a silent plain-text call).
+pub async fn request_tls(
+    method: hyper::Method,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(u16, Bytes), String> {
+    let (https, authority, path) = split_url(url)?;
     let call = async {
         let stream = TcpStream::connect(&authority)
             .await
             .map_err(|e| format!("connect {authority}: {e}"))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("handshake {authority}: {e}"))?;
-        let conn = tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+        if !https {
+            return exchange(stream, &authority, method, path, body, headers).await;
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("build request: {e}"))?;
-        let resp = sender
-            .send_request(req)
+        let tls = tls.ok_or_else(|| format!("{url}: https:// without client TLS settings"))?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|e| format!("server name of {url}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
             .await
-            .map_err(|e| format!("send to {authority}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("read body from {authority}: {e}"))?
-            .to_bytes();
-        conn.abort();
-        Ok((status, bytes))
+            .map_err(|e| format!("tls handshake with {authority}: {e}"))?;
+        exchange(stream, &authority, method, path, body, headers).await
     };
     match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
@@ -217,39 +280,9 @@ async fn request(
 
 /// GETs `url` (the admin endpoints); returns status and body text. Panics without an answer.
 pub async fn http_get(url: &str) -> (u16, String) {
-    let (authority, path) = split_url(url).unwrap_or_else(|e| panic!("{e}"));
-    let call = async {
-        let stream = TcpStream::connect(&authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("handshake {authority}: {e}"))?;
-        let conn = tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, authority.as_str())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("build request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("send to {authority}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("read body from {authority}: {e}"))?
-            .to_bytes();
-        conn.abort();
-        Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
-    };
-    match tokio::time::timeout(DEFAULT_TIMEOUT, call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => panic!("GET {url}: {e}"),
-        Err(_) => panic!("GET {url}: no answer within {DEFAULT_TIMEOUT:?}"),
-    }
+    get(url, DEFAULT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 /// The value of a Prometheus sample line `name{labels} value` (exact name with labels as
@@ -261,4 +294,59 @@ pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
             .then(|| value.parse().ok())
             .flatten()
     })
+}
+
+async fn exchange<S>(
+    stream: S,
+    authority: &str,
+    method: hyper::Method,
+    path: String,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Bytes), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("handshake {authority}: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("build request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("send to {authority}: {}", chain(&e)))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("read body from {authority}: {}", chain(&e)))?
+        .to_bytes();
+    conn.abort();
+    Ok((status, bytes))
+}
+
+/// An error and its sources on one line (a refused client certificate surfaces as the source
+/// of an I/O error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

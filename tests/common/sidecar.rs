@@ -165,8 +165,15 @@ impl Sidecar {
         &self.builder.id
     }
 
+    /// Its RPC URL: https:// when it serves TLS (`--rpc.tls.cert`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.rpc_port)
+        let tls = self
+            .builder
+            .flags
+            .iter()
+            .any(|(n, _)| n == "--rpc.tls.cert");
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.rpc_port)
     }
 
     pub fn admin_url(&self) -> String {
