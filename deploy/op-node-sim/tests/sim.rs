@@ -400,7 +400,8 @@ async fn conductor_gate_and_commit_fence() {
     .await;
     assert_eq!(code, -32000);
     assert!(msg.starts_with("sequencer leader check failed: "), "{msg}");
-    // Override skips the leader check; its commits still fail, so it publishes nothing.
+    // Override skips the leader check and, as op-node's conductor client does, the commits:
+    // the node publishes unfenced.
     call(&n1.node_url(), "admin_overrideLeader", json!([]))
         .await
         .unwrap();
@@ -411,6 +412,18 @@ async fn conductor_gate_and_commit_fence() {
     )
     .await
     .unwrap();
+    assert!(
+        wait_until(3 * SEC, || n1.blocks_produced() >= 1).await,
+        "an overridden node publishes without its conductor"
+    );
+    call(&n1.node_url(), "admin_stopSequencer", json!([]))
+        .await
+        .unwrap();
+    let by_n1 = n1.blocks_produced();
+    let h1 = n1.head();
+    assert!(wait_until(SEC, || c.nodes().iter().all(|n| n.head() == h1)).await);
+    let before = c.ledger().published.len();
+    assert_eq!(before, 1 + by_n1 as usize, "genesis and n1's blocks");
 
     // Node 0: not leader.
     assert_eq!(
@@ -439,24 +452,21 @@ async fn conductor_gate_and_commit_fence() {
     );
     assert_eq!(
         c.ledger().published.len(),
-        1,
-        "only genesis: {:?}",
+        before,
+        "nothing new: {:?}",
         c.ledger()
     );
-    assert!(c.nodes().iter().all(|n| n.head().number == 0));
+    assert!(c.nodes().iter().all(|n| n.head() == h1));
     assert_eq!(n0.blocks_produced(), 0);
     assert!(n0.is_active(), "keeps retrying while active");
 
-    // n1 stops (its fence held); commits start succeeding for n0.
-    call(&n1.node_url(), "admin_stopSequencer", json!([]))
-        .await
-        .unwrap();
+    // Commits start succeeding for n0.
     fake.state.lock().commit_ok = true;
-    assert!(wait_until(4 * SEC, || n0.head().number >= 2).await);
+    assert!(wait_until(4 * SEC, || n0.head().number >= h1.number + 2).await);
     assert!(wait_until(SEC, || c.node(2).head() == n0.head()).await);
     let committed: Vec<Value> = fake.state.lock().committed.clone();
     let published = c.ledger().published;
-    for b in published.iter().skip(1) {
+    for b in published.iter().skip(before) {
         assert_eq!(b.producer, "seq-0");
         assert!(
             committed
@@ -479,7 +489,7 @@ async fn conductor_gate_and_commit_fence() {
         .map(|t| (t.as_str().unwrap().len() - 2) / 2)
         .sum();
     assert_eq!(tx_bytes, 2000);
-    assert_eq!(n1.blocks_produced(), 0);
+    assert_eq!(n1.blocks_produced(), by_n1);
     let report = c.check();
     assert!(report.is_clean(), "{report}");
     c.shutdown().await;
