@@ -222,6 +222,16 @@ pub fn last_leader(v: &View) -> Option<&str> {
     head.into_iter().chain(stopped).max().map(|(_, id)| id)
 }
 
+/// Can the target of a pending transfer still take over? Its member record (kept by its
+/// sidecar, gone with its lease) must show a voter, not paused, whose node answers (healthy, or
+/// only stale: after a halt every head is).
+pub fn transfer_target_ready(v: &View, target: &str) -> bool {
+    v.may_lead(target)
+        && v.members
+            .get(target)
+            .is_some_and(|m| !m.paused && (m.healthy || m.only_stale))
+}
+
 pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     use FollowerAction::*;
     // A paused follower still contends (as a paused op-conductor still takes part in raft
@@ -245,7 +255,14 @@ pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
     }
     let since = i.now.saturating_duration_since(i.no_leader_since);
     let named = match v.pending_transfer() {
-        Some(t) if t.target != i.me => return Wait("a transfer to another member is pending"),
+        // The named member gets the transfer window to take over, but only while it can: a
+        // target whose sidecar is gone, whose node is down or hung, or that was paused or
+        // demoted since would hold the chain for the whole window (a wedge the fault campaign
+        // found: a setMaster to a member whose node hung right after).
+        Some(t) if t.target != i.me && transfer_target_ready(v, &t.target) => {
+            return Wait("a transfer to another member is pending")
+        }
+        Some(t) if t.target != i.me => false,
         // An operator named us: that overrides a stopped election and a recent give-way.
         Some(_) => true,
         None => false,
@@ -724,6 +741,45 @@ mod tests {
         led.membership = v.membership.clone();
         let plan = decide_leader(&leader_inputs(&l, &h, Some(&led), Instant::now(), t0));
         assert!(matches!(plan.verdict, Verdict::HandOver { ref target, .. } if target == "b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_holds_others_back_only_while_its_target_can_take_over() {
+        let t0 = Instant::now();
+        let mut v = leaderless("other");
+        v.election_stopped = false;
+        v.transfer = Some(TransferRecord {
+            target: "b".into(),
+            from: "other".into(),
+            epoch: 40,
+            expires_ms: u64::MAX,
+        });
+        let h = healthy(10);
+        v.members.insert("b".into(), member("b", &stale(10)));
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        // b's node hung or crashed: no reason to wait out the window.
+        v.members.insert("b".into(), member("b", &unreachable()));
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // b's sidecar is gone (its member key went with its lease).
+        v.members.remove("b");
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // b paused.
+        let mut b = member("b", &healthy(10));
+        b.paused = true;
+        v.members.insert("b".into(), b);
+        assert_eq!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
     }
 
     #[tokio::test(start_paused = true)]
