@@ -224,20 +224,35 @@ pub async fn run(
         (Duration::from_secs(30).as_millis() / cfg.interval.as_millis().max(1)).max(1) as u64;
     let limit = max_in_flight(cfg.interval);
     let mut in_flight = FuturesOrdered::new();
+    let mut last_failure: Option<tokio::time::Instant> = None;
     loop {
-        let s = tokio::select! {
+        let (started, s) = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            Some(s) = in_flight.next(), if !in_flight.is_empty() => s,
+            Some((started, s)) = in_flight.next(), if !in_flight.is_empty() => (started, s),
             _ = tick.tick(), if in_flight.len() < limit => {
-                in_flight.push_back(sample(&node, cfg.min_peer_count > 0));
+                let check_peers = cfg.min_peer_count > 0;
+                let node = &node;
+                let started = tokio::time::Instant::now();
+                in_flight.push_back(async move { (started, sample(node, check_peers).await) });
                 continue;
             }
         };
         samples += 1;
         let problems = evaluate(&s, unix_now(), &cfg);
         let was = filter.healthy();
-        let healthy = filter.observe(problems.is_empty());
+        // Samples that were already waiting when a failure came in all answer at once when a
+        // hung node recovers: only one started after the last failure counts as a success,
+        // so recovery still needs `successes` samples spread over time.
+        let ok = problems.is_empty();
+        let healthy = if ok && last_failure.is_some_and(|f| started < f) {
+            filter.healthy()
+        } else {
+            if !ok {
+                last_failure = Some(tokio::time::Instant::now());
+            }
+            filter.observe(ok)
+        };
         let head = s.sync.as_ref().ok().map(|st| st.unsafe_l2.id());
         let head_time = s.sync.as_ref().ok().map(|st| st.unsafe_l2.timestamp);
         let summary = || {
