@@ -179,6 +179,7 @@ pub async fn run_with_listeners(
         metrics: metrics.clone(),
         committer: Committer::new(),
         leader_override: AtomicBool::new(false),
+        override_cleared: AtomicBool::new(false),
         control_beat,
         lease_beat,
     });

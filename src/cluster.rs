@@ -190,22 +190,27 @@ pub async fn read_head(e: &Election) -> Result<Option<(HeadRecord, i64)>, Electi
         .and_then(|kv| decode::<HeadRecord>(kv.key(), kv.value()).map(|h| (h, kv.mod_revision()))))
 }
 
-/// Replaces the head record with `new` only if it is still the version read at `mod_rev`:
-/// whatever a leader committed since wins. Not fenced by an epoch: only for the operator's
-/// override, whose blocks are not fenced either.
+/// Replaces the head record with `new` only if it is still the version read at `mod_rev` and
+/// the leadership is still as seen (`leader`, or no leader key at all): whatever a leader
+/// committed or started since wins. Not fenced by an epoch: only for the operator's override,
+/// whose blocks are not fenced either.
 pub async fn swap_head(
     e: &Election,
     mod_rev: i64,
+    leader: Option<&LeaderInfo>,
     new: &HeadRecord,
 ) -> Result<bool, ElectionError> {
     let value = serde_json::to_vec(new).map_err(|err| ElectionError::Etcd(err.to_string()))?;
     let key = e.keys().head();
+    let leadership = match leader {
+        Some(l) => Compare::create_revision(l.key.clone(), CompareOp::Equal, l.epoch),
+        None => Compare::create_revision(e.keys().leader_dir(), CompareOp::Equal, 0).with_prefix(),
+    };
     let txn = Txn::new()
-        .when(vec![Compare::mod_revision(
-            key.clone(),
-            CompareOp::Equal,
-            mod_rev,
-        )])
+        .when(vec![
+            Compare::mod_revision(key.clone(), CompareOp::Equal, mod_rev),
+            leadership,
+        ])
         .and_then(vec![TxnOp::put(key, value, None)]);
     Ok(e.txn(txn).await?.succeeded())
 }

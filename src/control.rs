@@ -60,8 +60,6 @@ pub struct Controller {
     leading_since: Option<Instant>,
     /// Since when restarting our own node as leader has failed (cleared on success).
     restart_failing_since: Option<Instant>,
-    /// The leader override was on at the last step.
-    was_overridden: bool,
     /// The override was cleared here and the committed head is not yet known to be on this
     /// node's chain.
     override_cleared: bool,
@@ -95,7 +93,6 @@ impl Controller {
             warned_unhealthy_keep: false,
             leading_since: None,
             restart_failing_since: None,
-            was_overridden: false,
             override_cleared: false,
         }
     }
@@ -174,7 +171,7 @@ impl Controller {
                         Err(Lapsed) => Some((
                             match term.deadline() {
                                 Some(d) => format!(
-                                    "lease lapsed {} ms ago (etcd did not renew it in time)",
+                                    "lease lapsed {} ms ago (not renewed in time: etcd unreachable, or renewal withheld)",
                                     Instant::now().saturating_duration_since(d).as_millis()
                                 ),
                                 None => "lease lost or replaced".to_string(),
@@ -245,11 +242,26 @@ impl Controller {
     /// Conductor mode: once an operator clears the leader override here, make sure the
     /// committed head is on this node's chain; retried every step until it is.
     async fn after_override(&mut self) {
-        let overridden = self.s.leader_override.load(Ordering::SeqCst);
-        if std::mem::replace(&mut self.was_overridden, overridden) && !overridden {
+        if self.s.override_cleared.swap(false, Ordering::SeqCst) {
             self.override_cleared = true;
         }
-        if !self.override_cleared || overridden || self.mode != Mode::Conductor {
+        if !self.override_cleared || self.s.leader_override.load(Ordering::SeqCst) {
+            return;
+        }
+        let limit = crate::health::poll_timeout(self.s.config.health.interval);
+        let conductor = match self.mode {
+            Mode::Conductor => true,
+            Mode::Driven => false,
+            // Not known until this sidecar first leads: ask the node (next step if it is slow).
+            Mode::Unknown => {
+                match tokio::time::timeout(limit, self.s.node.conductor_enabled()).await {
+                    Ok(Ok(c)) => c,
+                    _ => return,
+                }
+            }
+        };
+        if !conductor {
+            self.override_cleared = false;
             return;
         }
         let done = match self.term.clone() {
@@ -266,10 +278,17 @@ impl Controller {
     /// its height: a commit that reached etcd while its acknowledgement was lost (no node has
     /// it) and then the operator's forced sequencer. Nothing can ever extend that head and every
     /// candidate would wait for it forever. The operator chose this node's chain: record its
-    /// head instead, only over exactly the record read (a leader's newer commit wins). True
-    /// when nothing (more) is to be done.
+    /// head instead. Only while no other sidecar leads (a live leader verifies and records the
+    /// head its own node starts from) and never over a head committed in the live term; the
+    /// swap is a compare-and-swap on the record read and on the leader key(s) seen, so a
+    /// leader's newer commit, or a leader that appeared meanwhile, wins. True when nothing
+    /// (more) is to be done.
     async fn reconcile_override(&self) -> bool {
         let limit = crate::health::poll_timeout(self.s.config.health.interval);
+        let leader = match cluster::read_view(&self.s.election).await {
+            Ok(v) => v.leader,
+            Err(_) => return false,
+        };
         let (head, rev) = match cluster::read_head(&self.s.election).await {
             Ok(Some(h)) => h,
             Ok(None) => return true,
@@ -278,29 +297,37 @@ impl Controller {
                 return false;
             }
         };
+        match &leader {
+            // Committed by the live leader in its own term: a real, extended head.
+            Some(l) if l.epoch == head.epoch => return true,
+            Some(l) if l.id != self.me() => return false,
+            _ => {}
+        }
         let Ok(Ok(status)) = tokio::time::timeout(limit, self.s.node.sync_status()).await else {
             return false;
         };
         let local = status.unsafe_l2;
         if local.number < head.number {
-            // Not past it: nothing here conflicts; catch-up and repair apply as usual.
-            return true;
+            // Nothing here conflicts yet; but a node still sequencing unfenced (its op-node keeps
+            // its own override until restarted) may build past that height later.
+            let active = tokio::time::timeout(limit, self.s.node.active()).await;
+            return matches!(active, Ok(Ok(false)));
         }
-        let at = tokio::time::timeout(limit, self.s.node.block_hash_at(head.number)).await;
-        match at {
+        match tokio::time::timeout(limit, self.s.node.block_hash_at(head.number)).await {
             Ok(Ok(Some(h))) if h.eq_ignore_ascii_case(&head.hash) => return true,
-            Ok(Ok(_)) => {}
+            Ok(Ok(Some(_))) => {}
+            // No block there (op-geth behind op-node) or no answer: look again next step.
             _ => return false,
         }
+        // Same epoch, id and node as the record replaced: only the block changes, so the
+        // last leader (stopped-election priority) and its node URL stay what they were.
         let rec = HeadRecord {
             number: local.number,
             hash: local.hash.clone(),
             parent_hash: local.parent_hash.clone(),
-            epoch: head.epoch,
-            id: self.me().to_string(),
-            node: Some(self.s.config.node_advertise.clone()),
+            ..head.clone()
         };
-        match cluster::swap_head(&self.s.election, rev, &rec).await {
+        match cluster::swap_head(&self.s.election, rev, leader.as_ref(), &rec).await {
             Ok(true) => {
                 tracing::warn!(
                     committed = %format_args!("{}:{}", head.number, head.hash),
@@ -309,7 +336,7 @@ impl Controller {
                 );
                 true
             }
-            // The head moved meanwhile: look again at the next step.
+            // The head or the leader moved meanwhile: look again at the next step.
             Ok(false) => false,
             Err(e) => {
                 tracing::debug!(error = %e, "override cleared: cannot record the head yet");

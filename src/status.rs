@@ -112,6 +112,9 @@ pub struct Shared {
     /// `conductor_overrideLeader`: an operator's escape hatch when etcd is lost for good; makes
     /// `conductor_leader` say yes and lets commits through unfenced. Off unless set.
     pub leader_override: AtomicBool,
+    /// Set when the override goes from on to off; the control loop takes it (see
+    /// `Controller::after_override`), so a flip between two of its steps is not missed.
+    pub override_cleared: AtomicBool,
     /// Beats of the control loop and of the lease keepalive task, for /healthz's watchdog.
     pub control_beat: Arc<Heartbeat>,
     pub lease_beat: Arc<Heartbeat>,

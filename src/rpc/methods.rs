@@ -218,7 +218,10 @@ pub async fn call(
         }
         "conductor_overrideLeader" => {
             let (on,): (bool,) = params(p)?;
-            s.leader_override.store(on, Ordering::SeqCst);
+            let was = s.leader_override.swap(on, Ordering::SeqCst);
+            if was && !on {
+                s.override_cleared.store(true, Ordering::SeqCst);
+            }
             if on {
                 tracing::warn!("leader overridden by operator: conductor_leader answers true and commits are NOT fenced");
             } else {
