@@ -66,10 +66,16 @@ pub async fn rpc_timeout(
     let (status, bytes) = post(url, body, timeout)
         .await
         .map_err(RpcError::transport)?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    decode_answer(status, &bytes)
+}
+
+/// A JSON-RPC answer: its `result`, its `error` as [`RpcError`], or a transport error naming
+/// the HTTP status when the body is neither.
+fn decode_answer(status: u16, bytes: &[u8]) -> Result<Value, RpcError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         RpcError::transport(format!(
             "HTTP {status}, body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
+            String::from_utf8_lossy(bytes)
         ))
     })?;
     if let Some(err) = v.get("error") {
@@ -218,25 +224,7 @@ pub async fn rpc_tls(
     )
     .await
     .map_err(RpcError::transport)?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        RpcError::transport(format!(
-            "HTTP {status}, body is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        ))
-    })?;
-    if let Some(err) = v.get("error") {
-        return Err(RpcError {
-            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-            message: err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        });
-    }
-    v.get("result")
-        .cloned()
-        .ok_or_else(|| RpcError::transport(format!("HTTP {status}, no result: {v}")))
+    decode_answer(status, &bytes)
 }
 
 /// One HTTP/1.1 exchange on a fresh connection; https:// URLs go over TLS with `tls` (an
