@@ -406,14 +406,9 @@ async fn override_after_a_lost_commit_acknowledgement_does_not_halt() {
         "the committed head must follow the chain again: {head}\n{}",
         f.sidecar(producer).log_tail(30)
     );
-    // It replaced the unreachable committed head with its node's head.
-    assert!(
-        f.sidecar(x)
-            .log()
-            .contains("recorded this node's head as the committed head"),
-        "{}",
-        f.sidecar(x).log_tail(30)
-    );
+    // Which sidecar replaced the unreachable committed head (the one where the override was
+    // cleared, or a later leader) depends on timing, so only the outcome is asserted: on the
+    // code before the fix every candidate waited for the phantom block and the chain halted.
     f.wait_single_active(SETTLE).await;
     f.assert_invariants();
 }
