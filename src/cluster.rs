@@ -228,6 +228,34 @@ pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), Elec
     e.txn(txn).await.map(|_| ())
 }
 
+/// Deletes the transfer record if it names `target` (compare-and-swap on the record as read), so
+/// a target that gave way does not keep holding back the candidates a transfer defers. Returns
+/// true when a record was deleted.
+pub async fn drop_transfer_to(e: &Election, target: &str) -> Result<bool, ElectionError> {
+    let key = e.keys().transfer();
+    let resp = e
+        .txn(Txn::new().and_then(vec![TxnOp::get(key.clone(), None)]))
+        .await?;
+    let Some(kv) = get_responses(&resp)
+        .first()
+        .and_then(|g| g.kvs().first().cloned())
+    else {
+        return Ok(false);
+    };
+    match decode::<TransferRecord>(kv.key(), kv.value()) {
+        Some(t) if t.target == target => {}
+        _ => return Ok(false),
+    }
+    let txn = Txn::new()
+        .when(vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )])
+        .and_then(vec![TxnOp::delete(key, None)]);
+    Ok(e.txn(txn).await?.succeeded())
+}
+
 /// A membership change that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {

@@ -1097,6 +1097,20 @@ impl Controller {
         self.recorded = None;
         if exit == Exit::GiveWay {
             self.give_way_until = Some(Instant::now() + self.s.config.lease_ttl * 2);
+            // A transfer naming us defers every other candidate while our member record looks
+            // able to take over, and it still does: the node answered health checks, it only
+            // could not be started in time. Left in place, the record would hold a caught-up
+            // candidate back for the rest of the transfer window (a 16 s wedge in the fault
+            // campaign); gone, the next best candidate contends now.
+            match cluster::drop_transfer_to(&self.s.election, self.me()).await {
+                Ok(true) => {
+                    tracing::info!("dropped the transfer naming this sidecar, which gave way")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not drop the transfer naming this sidecar; it lapses with its window")
+                }
+            }
         }
     }
 

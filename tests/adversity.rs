@@ -412,3 +412,76 @@ async fn override_after_a_lost_commit_acknowledgement_does_not_halt() {
     f.wait_single_active(SETTLE).await;
     f.assert_invariants();
 }
+
+/// The 16 s wedge of the second 200-fault campaign (conductor mode, seed 0x481fc34b740202e1): a
+/// transfer named a member whose node passes health checks but answers every `admin_*` call in
+/// 1.5-1.9 s. It won the key, could not get `admin_startSequencer` answered with enough of the lease
+/// left, and gave way; but the transfer record still named it and its member record still looked
+/// able, so every caught-up candidate stood back for the rest of the transfer window. Now a
+/// target that gives way drops the record naming it and the next candidate takes over at once.
+/// The catch-up timeout is raised to 30 s so the window (catch-up + 2 TTLs = 34 s) is far longer
+/// than the bound below: the old code fails it by the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_target_that_gives_way_does_not_hold_the_chain() {
+    let opts = FixtureOpts::conductor().flag("--handover.catchup-timeout", "30s");
+    let mut f = Fixture::start(3, opts).await;
+    let old = f.wait_single_active(SETTLE).await;
+    f.wait_leader_producing(SETTLE).await;
+    let target = (old + 1) % 3;
+    let bystander = (old + 2) % 3;
+    let target_id = Fixture::id(target);
+    // Longer than the 2 s lease: the start can never be answered in time, so the target gives
+    // way on every try (in the campaign it was 1.5-1.9 s and the second try happened to fit).
+    f.node(target)
+        .set_rpc_delay_for(Duration::from_secs(3), &["admin_startSequencer"]);
+    let won = tokio::spawn({
+        let (etcd_url, dir, id) = (f.etcd.client_url(), f.key("leader/"), target_id.clone());
+        async move { etcd::next_put_of(&etcd_url, &dir, &id, FAILOVER).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let transfer = tokio::spawn({
+        let (url, addr) = (f.sidecar(bystander).url(), f.sidecar(target).url());
+        async move {
+            rpc::rpc_timeout(
+                &url,
+                "conductor_transferLeaderToServer",
+                json!([target_id, addr]),
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    });
+    assert!(
+        won.await.unwrap().is_some(),
+        "the transfer target never won the key"
+    );
+    // The target cannot start its node within its lease; the chain must not wait for the
+    // transfer window to lapse (34 s) before another member produces.
+    let producer = f
+        .wait_leader_producing_where(
+            Duration::from_secs(15),
+            "a member other than the stuck transfer target producing",
+            |i| i != target,
+        )
+        .await;
+    assert!(
+        f.etcd_json("control/transfer").is_none(),
+        "the transfer record naming the target that gave way is still there"
+    );
+    assert!(
+        f.sidecar(target)
+            .log()
+            .contains("dropped the transfer naming this sidecar"),
+        "{}",
+        f.sidecar(target).log_tail(30)
+    );
+    // The transfer call reports that the target did not take over.
+    assert!(
+        transfer.await.unwrap().is_err(),
+        "the transfer call succeeded"
+    );
+    f.node(target).set_rpc_delay(Duration::ZERO);
+    assert_eq!(f.wait_single_active(SETTLE).await, producer);
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
