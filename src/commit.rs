@@ -6,8 +6,9 @@
 //!
 //! A block is acknowledged only once what a successor needs to repair it (one block behind) or
 //! to hand it back to a leader whose acknowledgement was lost is durable: its packed payload, in
-//! chunks keyed by its hash (see [`crate::payload`]), is written before the head moves. The head
-//! Txn deletes every other block's chunks, so etcd holds one block's payload at a time.
+//! chunks keyed by its hash (see [`crate::payload`]), is written before the head moves, its last
+//! chunk in the head's own Txn. The head Txn deletes every other block's chunks, so etcd holds
+//! one block's payload at a time.
 
 use std::time::{Duration, Instant};
 
@@ -138,9 +139,9 @@ impl Committer {
         Self::default()
     }
 
-    /// Commits `envelope` under leadership `l`: its packed payload in fenced chunk writes, then
-    /// the head record in one Txn guarded by the epoch and the head's mod revision, which also
-    /// deletes every other block's chunks.
+    /// Commits `envelope` under leadership `l`: its packed payload in fenced chunk writes but
+    /// the last, then the head record and the last chunk in one Txn guarded by the epoch and
+    /// the head's mod revision, which also deletes every other block's chunks.
     pub async fn commit(
         &self,
         e: &Election,
@@ -165,14 +166,21 @@ impl Committer {
                 return Ok(done(false, 0, Duration::ZERO, Duration::ZERO));
             }
         }
-        // Packing and the chunk writes overlap: each chunk's fenced Txn is sent as soon as it
-        // is packed, while the rest of the envelope is still being packed.
+        // Packing and the chunk writes overlap: each chunk's fenced Txn is sent as soon as the
+        // next one is packed, while the rest of the envelope is still being packed. The last
+        // chunk (the only one of a block under 1 MiB packed) rides in the head Txn itself, so a
+        // commit costs one etcd round trip after the others, not two.
         let t = Instant::now();
         let mut writes = Vec::new();
+        let mut last: Option<(String, Vec<u8>)> = None;
         let packed = off_the_runtime(envelope.text.len(), || {
+            let mut index = 0;
             payload::pack_chunked(envelope.text.as_bytes(), |value| {
-                let key = e.keys().payload_chunk(&block.hash, writes.len());
-                writes.push(tokio::spawn(put_chunk(e.clone(), l.clone(), key, value)));
+                let key = e.keys().payload_chunk(&block.hash, index);
+                index += 1;
+                if let Some((k, v)) = last.replace((key, value)) {
+                    writes.push(tokio::spawn(put_chunk(e.clone(), l.clone(), k, v)));
+                }
             })
         });
         let pack = t.elapsed();
@@ -201,8 +209,17 @@ impl Committer {
             };
             let value =
                 serde_json::to_vec(&rec).map_err(|err| CommitError::Invalid(err.to_string()))?;
+            // A refused head Txn wrote nothing, so a retry needs the last chunk again; it is
+            // packed anew then (rare: a stale cached head) rather than copied on every commit.
+            let (last_key, last_value) = match last.take() {
+                Some(kv) => kv,
+                None => off_the_runtime(envelope.text.len(), || {
+                    last_chunk(keys, &block.hash, envelope.text.as_bytes())
+                })?,
+            };
             let ops = vec![
                 TxnOp::put(keys.head(), value, None),
+                TxnOp::put(last_key, last_value, None),
                 // Every payload key but this block's: the previous head's chunks (no successor
                 // needs them once this head is recorded) and leftovers of commits that never
                 // reached their head Txn.
@@ -247,7 +264,8 @@ impl Committer {
             }
             // The head moved under us (a previous leader's late write cannot pass the fence, so
             // this is only a stale cache, e.g. our own start head): refresh and re-check once.
-            // Our chunks are still there: only a head Txn deletes chunks, and commits are serial.
+            // Our other chunks are still there: only a head Txn deletes chunks, and commits are
+            // serial.
             let kv = gets.get(1).and_then(|g| g.kvs().first());
             *cache = Some(Cached {
                 epoch: l.epoch,
@@ -264,6 +282,20 @@ impl Committer {
     pub async fn reset(&self) {
         *self.cache.lock().await = None;
     }
+}
+
+/// The key and value of the last chunk of `envelope`'s stored form.
+fn last_chunk(
+    keys: &crate::state::Keys,
+    hash: &str,
+    envelope: &[u8],
+) -> Result<(String, Vec<u8>), CommitError> {
+    let (mut index, mut last) = (0, Vec::new());
+    payload::pack_chunked(envelope, |value| {
+        last = value;
+        index += 1;
+    })?;
+    Ok((keys.payload_chunk(hash, index - 1), last))
 }
 
 /// Writes one chunk in a Txn fenced by the epoch, so a deposed leader cannot leave chunks
@@ -458,6 +490,30 @@ mod tests {
         )
         .expect("json");
         assert!(matches!(block_meta(&bad), Err(CommitError::Invalid(_))));
+    }
+
+    /// The retry path re-packs only to get the last chunk: it must be the very chunk (and key)
+    /// the first attempt would have put, for one-chunk and many-chunk blocks alike.
+    #[test]
+    fn last_chunk_is_the_stored_forms_last_chunk() {
+        let keys = crate::state::Keys::new("/t");
+        for txs in [
+            0usize,
+            1,
+            3 * payload::CHUNK_BYTES / 2,
+            5 * payload::CHUNK_BYTES / 2,
+        ] {
+            let env = format!(
+                r#"{{"executionPayload":{{"blockNumber":"0x1","blockHash":"{}","parentHash":"{}","transactions":["0x{}"]}}}}"#,
+                h(1),
+                h(0),
+                "ab".repeat(txs)
+            );
+            let all = payload::chunks(&payload::pack(env.as_bytes()).expect("pack"));
+            let (key, value) = last_chunk(&keys, &h(1), env.as_bytes()).expect("last");
+            assert_eq!(key, keys.payload_chunk(&h(1), all.len() - 1), "{txs}");
+            assert_eq!(Some(&value), all.last(), "{txs}");
+        }
     }
 
     #[test]

@@ -1013,9 +1013,10 @@ fn envelope(number: u64, parent: &str, hash: &str, txs: &str) -> String {
 
 /// The raw etcd baseline: the same etcd requests as the sidecar's fenced commit, with the same
 /// bytes, sent with etcd-client from this process on its own keys in the same etcd: the block's
-/// packed payload in fenced chunk Txns (all at once), then one Txn that compares the leader
-/// key's create revision and the head's mod revision, puts the head and deletes the other
-/// blocks' chunks. The packing is done before the clock starts: this is what etcd alone costs.
+/// packed payload but its last chunk in fenced chunk Txns (all at once), then one Txn that
+/// compares the leader key's create revision and the head's mod revision, puts the head and the
+/// last chunk and deletes the other blocks' chunks (one Txn in all for a block whose packed
+/// payload fits one 1 MiB chunk). The packing is done before the clock starts: this is what etcd alone costs.
 struct RawCommitter {
     kv: etcd_client::Client,
     keys: op_sidecar::state::Keys,
@@ -1052,6 +1053,9 @@ impl RawCommitter {
     ) -> Result<(), String> {
         let fence =
             || Compare::create_revision(self.fence_key.clone(), CompareOp::Equal, self.epoch);
+        let mut chunks = chunks;
+        let last = chunks.pop().expect("a stored form has at least one chunk");
+        let last_key = self.keys.payload_chunk(hash, chunks.len());
         let writes = chunks.into_iter().enumerate().map(|(i, v)| {
             let mut kv = self.kv.clone();
             let txn = Txn::new().when(vec![fence()]).and_then(vec![TxnOp::put(
@@ -1078,6 +1082,7 @@ impl RawCommitter {
             ])
             .and_then(vec![
                 TxnOp::put(k.head(), head, None),
+                TxnOp::put(last_key, last, None),
                 TxnOp::delete(
                     k.payload_dir(),
                     Some(DeleteOptions::new().with_range(k.payload_block(hash))),
@@ -1147,7 +1152,8 @@ async fn b_commit_unsafe_payload() {
          keep-alive connection, timed from the first byte sent to the answer. The baseline \
          sends the same etcd requests with the same bytes straight from this process with \
          etcd-client (the block's packed payload as fenced chunk Txns of at most 1 MiB, all at \
-         once, then the fenced head Txn that also deletes the previous block's chunks), with \
+         once, but the last chunk, which goes in the fenced head Txn that also deletes the \
+         previous block's chunks: one Txn for a block under 1 MiB packed), with \
          the packing done before its clock starts; one sidecar commit alternates with one raw \
          commit. Payload size = bytes of fake transaction data (4 KiB transactions; the JSON \
          envelope carries them as hex, twice the bytes). etcd runs with its default fsync on \
