@@ -166,10 +166,10 @@ impl Committer {
                 return Ok(done(false, 0, Duration::ZERO, Duration::ZERO));
             }
         }
-        // Packing and the chunk writes overlap: each chunk's fenced Txn is sent as soon as the
-        // next one is packed, while the rest of the envelope is still being packed. The last
-        // chunk (the only one of a block under 1 MiB packed) rides in the head Txn itself, so a
-        // commit costs one etcd round trip after the others, not two.
+        // Packing and the chunk writes overlap: each chunk's fenced Txn is sent as soon as it
+        // is packed, while the rest of the envelope is still being packed. The last chunk (the
+        // only one of a block under 1 MiB packed) rides in the head Txn itself, so a commit
+        // costs one etcd round trip after the others, not two.
         let t = Instant::now();
         let mut writes = Vec::new();
         let mut last: Option<(String, Vec<u8>)> = None;
@@ -178,8 +178,10 @@ impl Committer {
             payload::pack_chunked(envelope.text.as_bytes(), |value| {
                 let key = e.keys().payload_chunk(&block.hash, index);
                 index += 1;
-                if let Some((k, v)) = last.replace((key, value)) {
-                    writes.push(tokio::spawn(put_chunk(e.clone(), l.clone(), k, v)));
+                if payload::chunk_header(&value).is_ok_and(|h| h.last) {
+                    last = Some((key, value));
+                } else {
+                    writes.push(tokio::spawn(put_chunk(e.clone(), l.clone(), key, value)));
                 }
             })
         });
