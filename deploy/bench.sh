@@ -150,8 +150,9 @@ bench_md="$root/BENCHMARKS.md"
   echo
   cat "$run_md"
   if [ -f "$bench_md" ]; then
-    # Earlier runs: everything from the first run header of the previous file on.
-    awk 'found || /^## Run of /{found=1; print}' "$bench_md"
+    # Earlier sections (runs, and fault campaigns recorded by hand): everything from the first
+    # second-level heading of the previous file on.
+    awk 'found || /^## /{found=1; print}' "$bench_md"
   fi
 } >"$bench_md.new"
 mv "$bench_md.new" "$bench_md"

@@ -17,6 +17,8 @@ pub struct View {
     pub revision: i64,
     pub leader: Option<LeaderInfo>,
     pub head: Option<HeadRecord>,
+    /// The head key's mod revision (0 = absent), for [`swap_head`].
+    pub head_rev: i64,
     pub stopped: Option<StoppedRecord>,
     pub members: BTreeMap<String, MemberRecord>,
     pub election_stopped: bool,
@@ -96,10 +98,10 @@ pub async fn read_view(e: &Election) -> Result<View, ElectionError> {
         )));
     }
     view.leader = leader_of(gets[0].kvs());
-    view.head = gets[1]
-        .kvs()
-        .first()
-        .and_then(|kv| decode(kv.key(), kv.value()));
+    if let Some(kv) = gets[1].kvs().first() {
+        view.head = decode(kv.key(), kv.value());
+        view.head_rev = kv.mod_revision();
+    }
     view.stopped = gets[2]
         .kvs()
         .first()
@@ -176,18 +178,6 @@ pub async fn put_transfer(
         Some(PutOptions::new().with_lease(lease)),
     )]);
     Ok(e.txn(txn).await?.succeeded())
-}
-
-/// The committed head record and its key's mod revision, for [`swap_head`].
-pub async fn read_head(e: &Election) -> Result<Option<(HeadRecord, i64)>, ElectionError> {
-    let key = e.keys().head();
-    let resp = e
-        .run(|c| async move { c.kv_client().get(key, None::<GetOptions>).await })
-        .await?;
-    Ok(resp
-        .kvs()
-        .first()
-        .and_then(|kv| decode::<HeadRecord>(kv.key(), kv.value()).map(|h| (h, kv.mod_revision()))))
 }
 
 /// Replaces the head record with `new` only if it is still the version read at `mod_rev` and

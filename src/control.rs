@@ -285,13 +285,13 @@ impl Controller {
     /// (more) is to be done.
     async fn reconcile_override(&self) -> bool {
         let limit = crate::health::poll_timeout(self.s.config.health.interval);
-        let leader = match cluster::read_view(&self.s.election).await {
-            Ok(v) => v.leader,
-            Err(_) => return false,
-        };
-        let (head, rev) = match cluster::read_head(&self.s.election).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return true,
+        // Leader and head from one read (one revision), so the swap below compares exactly
+        // what was looked at.
+        let (leader, head, rev) = match cluster::read_view(&self.s.election).await {
+            Ok(v) => match v.head {
+                Some(h) => (v.leader, h, v.head_rev),
+                None => return true,
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "override cleared: cannot read the committed head yet");
                 return false;
