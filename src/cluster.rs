@@ -218,10 +218,16 @@ pub async fn clear_transfer(e: &Election, t: &TransferRecord) -> Result<(), Elec
     e.txn(txn).await.map(|_| ())
 }
 
-/// Deletes the transfer record if it names `target` (compare-and-swap on the record as read), so
-/// a target that gave way does not keep holding back the candidates a transfer defers. Returns
-/// true when a record was deleted.
-pub async fn drop_transfer_to(e: &Election, target: &str) -> Result<bool, ElectionError> {
+/// Deletes the transfer record if it names `target` and was written before revision `before`
+/// (compare-and-swap on the record as read), so a target that gave way does not keep holding
+/// back the candidates a transfer defers. `before` is the epoch of the term the target gives up:
+/// the transfer that brought it in is older, while a new request naming it again (made after it
+/// resigned) is newer and stays. Returns true when a record was deleted.
+pub async fn drop_transfer_to(
+    e: &Election,
+    target: &str,
+    before: i64,
+) -> Result<bool, ElectionError> {
     let key = e.keys().transfer();
     let resp = e
         .txn(Txn::new().and_then(vec![TxnOp::get(key.clone(), None)]))
@@ -232,6 +238,9 @@ pub async fn drop_transfer_to(e: &Election, target: &str) -> Result<bool, Electi
     else {
         return Ok(false);
     };
+    if kv.mod_revision() >= before {
+        return Ok(false);
+    }
     match decode::<TransferRecord>(kv.key(), kv.value()) {
         Some(t) if t.target == target => {}
         _ => return Ok(false),

@@ -1079,6 +1079,10 @@ impl Controller {
         let node_limit = Duration::from_secs(2);
         if self.mode == Mode::Conductor {
             self.resign(&l, None).await;
+            if exit == Exit::GiveWay {
+                // Before the node's stop (up to 2 s on a slow node): the others wait for it.
+                self.drop_transfer_to_me(&l).await;
+            }
             self.stop_local(node_limit).await;
         } else {
             // Never less than a short attempt: past the deadline the stop is still owed (S4).
@@ -1088,6 +1092,9 @@ impl Controller {
                 .min(node_limit * 3);
             let stopped = self.stop_local(limit).await;
             self.resign(&l, stopped).await;
+            if exit == Exit::GiveWay {
+                self.drop_transfer_to_me(&l).await;
+            }
         }
         self.publish(|s| s.leading = None);
         self.set_role(Role::Follower);
@@ -1097,19 +1104,21 @@ impl Controller {
         self.recorded = None;
         if exit == Exit::GiveWay {
             self.give_way_until = Some(Instant::now() + self.s.config.lease_ttl * 2);
-            // A transfer naming us defers every other candidate while our member record looks
-            // able to take over, and it still does: the node answered health checks, it only
-            // could not be started in time. Left in place, the record would hold a caught-up
-            // candidate back for the rest of the transfer window (a 16 s wedge in the fault
-            // campaign); gone, the next best candidate contends now.
-            match cluster::drop_transfer_to(&self.s.election, self.me()).await {
-                Ok(true) => {
-                    tracing::info!("dropped the transfer naming this sidecar, which gave way")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not drop the transfer naming this sidecar; it lapses with its window")
-                }
+        }
+    }
+
+    /// A transfer naming us defers every other candidate while our member record looks able to
+    /// take over, and when we give way it still does: the node answered health checks, it only
+    /// could not be started in time. Left in place, the record would hold a caught-up candidate
+    /// back for the rest of the transfer window (a 16 s wedge in the fault campaign); gone, the
+    /// next best candidate contends now. Only a record older than the term we give up goes: a
+    /// new request naming us, made once we resigned, is the operator's to keep.
+    async fn drop_transfer_to_me(&self, l: &Leadership) {
+        match cluster::drop_transfer_to(&self.s.election, self.me(), l.epoch).await {
+            Ok(true) => tracing::info!("dropped the transfer naming this sidecar, which gave way"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not drop the transfer naming this sidecar; it lapses with its window")
             }
         }
     }

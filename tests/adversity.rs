@@ -485,3 +485,62 @@ async fn a_transfer_target_that_gives_way_does_not_hold_the_chain() {
     f.assert_chain_progresses().await;
     f.assert_invariants();
 }
+
+/// The record a target that gives way deletes is only the transfer that brought it in: one
+/// naming another member, or a new request naming it again once it resigned (written after its
+/// term began), stays. Against a real etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_gives_way_drops_only_the_transfer_that_named_it_before_its_term() {
+    use op_sidecar::{cluster, election, state};
+    let etcd = etcd::Etcd::start().await;
+    let pool = election::EtcdPool::connect(&[etcd.client_url()], None, None)
+        .await
+        .unwrap();
+    let keys = state::Keys::new("/t");
+    let e = election::Election::new(
+        std::sync::Arc::new(pool),
+        keys.clone(),
+        "seq-1",
+        Duration::from_secs(2),
+    );
+    let mut kv = etcd_client::Client::connect([etcd.client_url()], None)
+        .await
+        .unwrap();
+    let put = |target: &str| {
+        serde_json::to_vec(&state::TransferRecord {
+            target: target.into(),
+            from: "seq-0".into(),
+            epoch: 1,
+            expires_ms: 0,
+        })
+        .unwrap()
+    };
+    let rev = |r: &etcd_client::PutResponse| r.header().unwrap().revision();
+    let exists = |kv: &mut etcd_client::Client| {
+        let mut kv = kv.clone();
+        let key = keys.transfer();
+        async move { kv.get(key, None).await.unwrap().count() == 1 }
+    };
+
+    let named = rev(&kv.put(keys.transfer(), put("seq-1"), None).await.unwrap());
+    // A term won after the record was written: it is the transfer that brought us in.
+    let epoch = named + 1;
+    assert!(!cluster::drop_transfer_to(&e, "seq-2", epoch).await.unwrap());
+    assert!(
+        exists(&mut kv).await,
+        "a transfer naming another member was deleted"
+    );
+    assert!(cluster::drop_transfer_to(&e, "seq-1", epoch).await.unwrap());
+    assert!(!exists(&mut kv).await);
+
+    // A new request naming us, made after our term began (after we resigned): kept.
+    kv.put(keys.transfer(), put("seq-1"), None).await.unwrap();
+    assert!(!cluster::drop_transfer_to(&e, "seq-1", epoch).await.unwrap());
+    assert!(
+        exists(&mut kv).await,
+        "a newer transfer naming us was deleted"
+    );
+    // Nothing there: nothing to do.
+    kv.delete(keys.transfer(), None).await.unwrap();
+    assert!(!cluster::drop_transfer_to(&e, "seq-1", epoch).await.unwrap());
+}

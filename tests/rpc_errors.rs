@@ -46,6 +46,14 @@ async fn bad_requests_get_jsonrpc_errors_and_the_sidecar_keeps_serving() {
     assert_error(&v, -32700, &format!("not JSON (HTTP {status})"));
     assert_eq!(v["id"], Value::Null, "parse error id must be null: {v}");
 
+    // Not UTF-8, even where only a member nobody reads holds it: parse error, nothing run.
+    let mut bad = br#"{"jsonrpc":"2.0","id":1,"method":"coordinator_getMaster","x":""#.to_vec();
+    bad.extend_from_slice(b"\xff\"}");
+    let (status, body) = raw_post(&url, bad).await;
+    let v = parse(&body);
+    assert_error(&v, -32700, &format!("not UTF-8 (HTTP {status})"));
+    assert_eq!(v["id"], Value::Null, "parse error id must be null: {v}");
+
     // Valid JSON, invalid requests.
     for (req, what) in [
         (json!({}), "empty object"),
