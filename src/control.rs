@@ -590,17 +590,30 @@ impl Controller {
         }
     }
 
-    /// Brings the local node to the recorded head (and no lower than any peer) and starts it.
-    /// Err = give way. Runs inside the term.
-    async fn handover(&mut self, term: &Term, view: &View) -> Result<BlockId, String> {
-        let l = &term.leadership;
-        self.mode = match self.s.node.conductor_enabled().await {
+    /// Asks the node whether it runs with a conductor, which decides the step-down order and
+    /// whether commits are fenced. Asked at every start, not only at a handover: op-node may
+    /// have been restarted with a different `--conductor.enabled` (or, as the leader of a fresh
+    /// cluster, been asked while it was still starting), and a leader that believed its node
+    /// fenced when it is not would resign before stopping it.
+    async fn detect_mode(&mut self) -> Result<Mode, String> {
+        let mode = match self.s.node.conductor_enabled().await {
             Ok(true) => Mode::Conductor,
             Ok(false) => Mode::Driven,
             Err(e) => return Err(format!("cannot reach the local node: {e}")),
         };
-        let mode = self.mode;
+        if mode != self.mode && self.mode != Mode::Unknown {
+            tracing::warn!(was = ?self.mode, now = ?mode, "the node's conductor setting changed");
+        }
+        self.mode = mode;
         self.publish(|s| s.mode = mode);
+        Ok(mode)
+    }
+
+    /// Brings the local node to the recorded head (and no lower than any peer) and starts it.
+    /// Err = give way. Runs inside the term.
+    async fn handover(&mut self, term: &Term, view: &View) -> Result<BlockId, String> {
+        let l = &term.leadership;
+        self.detect_mode().await?;
         let (mut target, floor) = role::catch_up_target(view, self.me());
         if let Some(stopped) = self.stop_previous(l, view).await {
             if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
@@ -681,7 +694,8 @@ impl Controller {
         // Bounded like the health poll: a node that just hung must not hold the leader's step
         // (and with it the handover the failing health check is about to ask for).
         let limit = crate::health::poll_timeout(self.s.config.health.interval);
-        let Ok(Ok(status)) = tokio::time::timeout(limit, self.s.node.sync_status()).await else {
+        let Some(status) = ask_node(&self.s.health, Some(limit), self.s.node.sync_status()).await
+        else {
             return;
         };
         let local = status.unsafe_l2;
@@ -702,12 +716,20 @@ impl Controller {
                     && meta.parent.eq_ignore_ascii_case(&local.hash) =>
             {
                 tracing::info!(number = t.number, hash = %t.hash, "node is one block behind the committed head; posting the stored payload");
-                match self.s.node.post_unsafe_payload(&payload).await {
-                    Ok(()) => self.s.metrics.action("post_payload", "ok"),
-                    Err(e) => {
-                        self.s.metrics.action("post_payload", "error");
-                        tracing::warn!(error = %e, "admin_postUnsafePayload failed");
-                    }
+                // A big payload may take the node longer than a poll timeout to take in; only
+                // a failing health check cuts it short.
+                let post = async {
+                    self.s
+                        .node
+                        .post_unsafe_payload(&payload)
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "admin_postUnsafePayload failed");
+                        })
+                };
+                match ask_node(&self.s.health, None, post).await {
+                    Some(()) => self.s.metrics.action("post_payload", "ok"),
+                    None => self.s.metrics.action("post_payload", "error"),
                 }
             }
             Ok(_) => tracing::debug!("stored payload does not bridge the gap"),
@@ -930,13 +952,13 @@ impl Controller {
         // every leader tick for a whole call timeout and delay the handover by as much.
         let active = if health.reachable {
             let limit = crate::health::poll_timeout(self.s.config.health.interval);
-            tokio::time::timeout(limit, self.s.node.active())
-                .await
-                .ok()
-                .and_then(Result::ok)
+            ask_node(&self.s.health, Some(limit), self.s.node.active()).await
         } else {
             None
         };
+        // Decide on what the health check knows now, not on what it knew before the call: a
+        // verdict that came in meanwhile must not wait for the next step.
+        let health = self.s.health_now();
         let view = self.observe(active).await;
         let plan = role::decide_leader(&LeaderInputs {
             me: self.me(),
@@ -988,6 +1010,9 @@ impl Controller {
             // we were resumed after leading while paused. Another node may have been started
             // by hand meanwhile (force-active-sequencer): stop it first, as in a handover.
             tracing::warn!("leading but the node is not sequencing; starting it again");
+            if let Err(why) = self.detect_mode().await {
+                tracing::warn!(reason = %why, "could not ask the node for its conductor setting");
+            }
             if let Some(v) = &view {
                 if let Some(stopped) = self.stop_previous(l, v).await {
                     if target.as_ref().is_none_or(|t| stopped.number >= t.number) {
@@ -1239,6 +1264,40 @@ async fn freeze_point(me: &str) {
     }
 }
 
+/// Waits on a call to our own node for at most `limit`, and only until a health sample finds
+/// the node unreachable: a node that just hung must not hold the leader's step, and with it the
+/// handover the failing health check is about to ask for, for a whole call timeout (measured:
+/// up to 0.37 s between the unhealthy verdict and the step-down). `None` when the call failed,
+/// timed out or was cut short.
+async fn ask_node<T, E>(
+    health: &watch::Receiver<Health>,
+    limit: Option<Duration>,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let mut rx = health.clone();
+    let unreachable = async move {
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending::<()>().await;
+            }
+            // The guard is a temporary: released before the next await.
+            if !rx.borrow_and_update().reachable {
+                return;
+            }
+        }
+    };
+    let call = async {
+        match limit {
+            Some(l) => tokio::time::timeout(l, call).await.ok(),
+            None => Some(call.await),
+        }
+    };
+    tokio::select! {
+        r = call => r.and_then(Result::ok),
+        () = unreachable => None,
+    }
+}
+
 /// Sleeps until `deadline` (a term's lease deadline); never completes without one.
 async fn until(deadline: Option<Option<Instant>>) {
     match deadline {
@@ -1246,5 +1305,66 @@ async fn until(deadline: Option<Option<Instant>>) {
         // A term whose lease is already gone: wake at once so the loop steps down.
         Some(None) => {}
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(reachable: bool) -> Health {
+        Health {
+            reachable,
+            healthy: reachable,
+            ..Health::initial()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_call_ends_when_a_sample_finds_the_node_unreachable() {
+        let (tx, rx) = watch::channel(health(true));
+        let hung = std::future::pending::<Result<(), ()>>();
+        let started = Instant::now();
+        let verdict = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A good sample first: it must not end the call.
+            tx.send_replace(health(true));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send_replace(health(false));
+            std::future::pending::<()>().await
+        };
+        let out = tokio::select! {
+            out = ask_node(&rx, Some(Duration::from_secs(5)), hung) => out,
+            () = verdict => unreachable!(),
+        };
+        assert_eq!(out, None);
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_call_is_bounded_by_its_limit_and_answers_pass_through() {
+        let (_tx, rx) = watch::channel(health(true));
+        let started = Instant::now();
+        let hung = std::future::pending::<Result<(), ()>>();
+        assert_eq!(
+            ask_node(&rx, Some(Duration::from_millis(500)), hung).await,
+            None
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(ask_node(&rx, None, async { Ok::<_, ()>(7) }).await, Some(7));
+        assert_eq!(ask_node(&rx, None, async { Err::<u8, _>(()) }).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_health_channel_leaves_the_call_to_its_limit() {
+        let (tx, rx) = watch::channel(health(true));
+        drop(tx);
+        let started = Instant::now();
+        let hung = std::future::pending::<Result<(), ()>>();
+        assert_eq!(
+            ask_node(&rx, Some(Duration::from_millis(300)), hung).await,
+            None
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
     }
 }

@@ -1268,3 +1268,48 @@ async fn conductor_api_answers_on_every_sidecar() {
     f.assert_chain_progresses().await;
     f.assert_invariants();
 }
+
+async fn mode_of(sidecar_url: &str) -> String {
+    let st = rpc(sidecar_url, "sidecar_status", json!([]))
+        .await
+        .expect("sidecar_status");
+    st["mode"].as_str().unwrap_or_default().to_string()
+}
+
+/// op-node restarted under a leading sidecar with `--conductor.enabled` switched on, then off
+/// again. op-node comes back stopped and the leader starts it again; that start is where the
+/// sidecar must learn the new setting. It decides the step-down order: a leader that believed
+/// its node fenced when it is not would resign before stopping it. Before the fix the mode was
+/// only asked at a handover, so it stayed `driven`, then `conductor`, for the whole term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_another_conductor_setting_is_led_in_that_mode() {
+    let mut f = Fixture::start(1, FixtureOpts::default()).await;
+    f.wait_single_active(SETTLE).await;
+    f.wait_leader_producing(SETTLE).await;
+    let url = f.sidecar(0).url();
+    assert_eq!(mode_of(&url).await, "driven");
+
+    f.node(0).crash();
+    f.node(0).set_conductor(Some(url.clone()));
+    f.node(0).restart().await.unwrap();
+    wait_until(
+        SETTLE,
+        "the leader to restart its node in conductor mode",
+        || async { f.node(0).is_active() && mode_of(&url).await == "conductor" },
+    )
+    .await;
+    // Its blocks now go through the fence (op-node publishes none the sidecar refused).
+    f.assert_chain_progresses().await;
+
+    f.node(0).crash();
+    f.node(0).set_conductor(None);
+    f.node(0).restart().await.unwrap();
+    wait_until(
+        SETTLE,
+        "the leader to restart its node in driven mode",
+        || async { f.node(0).is_active() && mode_of(&url).await == "driven" },
+    )
+    .await;
+    f.assert_chain_progresses().await;
+    f.assert_invariants();
+}
