@@ -5,6 +5,8 @@
 #
 #   deploy/bench.sh                 # all benchmarks, 20 failover runs per fault kind
 #   BENCH_RUNS=5 deploy/bench.sh    # fewer failover runs
+#   BENCH_FAULTS=node-hang,node-crash deploy/bench.sh c_failover_conductor   # some fault kinds only
+#   BENCH_HC_INTERVAL=100ms deploy/bench.sh c_failover   # another --healthcheck.interval (100ms)
 #   BENCH_NOTE="..." deploy/bench.sh  # a free-text note recorded with the run
 #   deploy/bench.sh c_failover      # only benchmarks whose name contains the filter
 #   deploy/bench.sh b_commit        # commit latency at 1 KiB .. 10 MiB vs raw etcd Txns
@@ -125,7 +127,7 @@ run_md="$out_dir/run.md"
   echo "- machine: \`$(uname -srm)\`, $cpus CPUs ($cpu_model), $mem_total RAM; temp dirs (etcd data) on $tmp_fs"
   echo "- software: $rustc_version, $etcd_version, release build (\`[profile.release] debug = 1\`)"
   echo "- commit: $commit"
-  echo "- command: \`deploy/bench.sh${*:+ $*}\` (BENCH_RUNS=$runs${BENCH_SOAK_MINUTES:+, BENCH_SOAK_MINUTES=$BENCH_SOAK_MINUTES}), $minutes min"
+  echo "- command: \`deploy/bench.sh${*:+ $*}\` (BENCH_RUNS=$runs${BENCH_SOAK_MINUTES:+, BENCH_SOAK_MINUTES=$BENCH_SOAK_MINUTES}${BENCH_FAULTS:+, BENCH_FAULTS=$BENCH_FAULTS}${BENCH_HC_INTERVAL:+, BENCH_HC_INTERVAL=$BENCH_HC_INTERVAL}), $minutes min"
   echo "- before the run: load average (1/5/15 min) $load_before, CPUs busy over 2 s: $busy_before${top_before:+ ($top_before)}"
   echo "- after the run: load average $load_after, CPUs busy over 2 s: $busy_after${top_after:+ ($top_after)}"
   echo "- during the run: another process used ≥ 5% of a CPU in $foreign_samples of $samples samples (every ~10 s)${foreign_top:+: $foreign_top}"

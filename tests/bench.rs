@@ -44,17 +44,31 @@ use common::{Etcd, Sidecar, SidecarBuilder, TcpProxy};
 // === settings (stated in every section) ===
 
 const LEASE_TTL: &str = "2s";
-const HC_INTERVAL: &str = "250ms";
+/// `--healthcheck.interval`: `$BENCH_HC_INTERVAL` (humantime), 100ms unless set: the setting
+/// for the fastest failover (README, Health). Runs before 2026-11-22 08:50 UTC used 250ms.
+fn hc_interval() -> String {
+    std::env::var("BENCH_HC_INTERVAL").unwrap_or_else(|_| "100ms".into())
+}
+
+fn hc_interval_ms() -> u64 {
+    humantime::parse_duration(&hc_interval())
+        .expect("BENCH_HC_INTERVAL is a duration such as 100ms")
+        .as_millis() as u64
+}
+
 const UNSAFE_INTERVAL: &str = "3s";
 const BLOCK_TIME: Duration = Duration::from_secs(1);
 /// The sidecar's health-handover grace: unsafe-interval + interval * (failures + successes).
-const HEALTH_GRACE: Duration = Duration::from_millis(3000 + 250 * 5);
+fn health_grace() -> Duration {
+    Duration::from_millis(3000 + hc_interval_ms() * 5)
+}
 
 fn settings_line() -> String {
     format!(
-        "Settings: `--lease.ttl {LEASE_TTL} --healthcheck.interval {HC_INTERVAL} \
+        "Settings: `--lease.ttl {LEASE_TTL} --healthcheck.interval {} \
          --healthcheck.unsafe-interval {UNSAFE_INTERVAL}` (failures/successes 3/2, \
          etcd timeout 2s), simulator block time {}s, loopback only.",
+        hc_interval(),
         BLOCK_TIME.as_secs()
     )
 }
@@ -589,7 +603,7 @@ impl Bench {
                 &prefix,
             )
             .flag("--lease.ttl", LEASE_TTL)
-            .flag("--healthcheck.interval", HC_INTERVAL)
+            .flag("--healthcheck.interval", &hc_interval())
             .flag("--healthcheck.unsafe-interval", UNSAFE_INTERVAL)
             .env("RUST_LOG", rust_log);
             if conductor {
@@ -1195,7 +1209,7 @@ async fn b_commit_unsafe_payload() {
         &prefix,
     )
     .flag("--lease.ttl", LEASE_TTL)
-    .flag("--healthcheck.interval", HC_INTERVAL)
+    .flag("--healthcheck.interval", &hc_interval())
     .flag("--healthcheck.unsafe-interval", UNSAFE_INTERVAL)
     .flag("--rpc.timeout", "30s")
     .env("RUST_LOG", "info")
@@ -1417,6 +1431,22 @@ enum Fault {
     NodeHang,
 }
 
+/// `$BENCH_FAULTS` (comma-separated keys such as `node-hang,node-crash`), all kinds unless set.
+fn selected_faults() -> Vec<Fault> {
+    let Ok(keys) = std::env::var("BENCH_FAULTS") else {
+        return Fault::ALL.to_vec();
+    };
+    let picked: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|f| keys.split(',').any(|k| k.trim() == f.key()))
+        .collect();
+    assert!(
+        !picked.is_empty(),
+        "BENCH_FAULTS={keys:?} names no fault kind"
+    );
+    picked
+}
+
 impl Fault {
     const ALL: [Fault; 7] = [
         Fault::SidecarKill,
@@ -1472,6 +1502,9 @@ struct Run {
     orphans: usize,
     /// When the old leader's sidecar logged "stepping down" (ms from the fault), if it did.
     stepped_ms: Option<f64>,
+    /// Health-detected faults: when the old leader's sidecar logged its "node unhealthy"
+    /// verdict (ms from the fault).
+    verdict_ms: Option<f64>,
     clean: bool,
     note: String,
 }
@@ -1544,7 +1577,7 @@ async fn recover(b: &mut Bench, fault: Fault, old: usize) -> String {
 /// One run: settle, inject, wait for the first block by another node, recover.
 async fn failover_run(b: &mut Bench, fault: Fault, run: usize) -> Result<Run, String> {
     let min_age = if fault.health_based() {
-        HEALTH_GRACE + Duration::from_millis(750)
+        health_grace() + Duration::from_millis(750)
     } else {
         Duration::ZERO
     };
@@ -1592,6 +1625,12 @@ async fn failover_run(b: &mut Bench, fault: Fault, run: usize) -> Result<Run, St
         }
     }
 
+    let verdict = if fault.health_based() {
+        first_log_after(&log, t0, "op_sidecar::health: node unhealthy")
+    } else {
+        None
+    };
+
     let ledger = b.sim.cluster().ledger();
     let prev = ledger.published[idx - 1].unix_ms;
     let orphans = ledger.published[from..idx]
@@ -1634,6 +1673,7 @@ async fn failover_run(b: &mut Bench, fault: Fault, run: usize) -> Result<Run, St
         gap_ms: first.unix_ms.saturating_sub(prev) as f64,
         orphans,
         stepped_ms: stepped.map(|t| t.saturating_sub(t0) as f64),
+        verdict_ms: verdict.map(|t| t.saturating_sub(t0) as f64),
         clean: report.is_clean(),
         note,
     })
@@ -1677,8 +1717,8 @@ async fn failover_bench(conductor: bool) {
          etcd (bench's etcd watch), *started* = the new node's sequencer became active \
          (polled every 5 ms), *first block* = the headline number. With {}/{} runs, p99 is \
          the maximum (nearest rank).\n",
-        (HEALTH_GRACE + Duration::from_millis(750)).as_secs_f64(),
-        HEALTH_GRACE.as_secs_f64(),
+        (health_grace() + Duration::from_millis(750)).as_secs_f64(),
+        health_grace().as_secs_f64(),
         runs,
         runs
     ));
@@ -1694,23 +1734,31 @@ async fn failover_bench(conductor: bool) {
          detection) would stop working.\n",
     );
 
-    r.line(
+    let iv = hc_interval_ms();
+    let poll_timeout = iv.clamp(500, 2000);
+    r.line(&format!(
         "What bounds each kind, by design, with these settings: SIGKILL, SIGSTOP and the etcd \
          cut need the old leader's lease to expire in etcd: TTL 2 s after its last keepalive \
          (sent every 0.5 s) plus etcd's expiry sweep (every 0.5 s), so *key* ≈ 1.5–2.5 s (the \
-         followers are woken by their etcd watch). A crashed node fails 3 health polls 250 ms \
-         apart (≥ 0.5 s), then the leader hands over to a named successor. A stalled head \
-         must be older than the 3 s unsafe interval, which with whole-second block timestamps \
-         is 3–4 s after the stall, plus 3 failed polls. On SIGTERM the leader stops its node \
-         and resigns at once. The handover itself (stop the old node, check the head, start) \
-         takes a few ms in every kind.\n",
-    );
+         followers are woken by their etcd watch). A crashed node fails 3 health polls {iv} ms \
+         apart ({}–{} ms after the crash), then the leader hands over to a named successor. A \
+         hung node's polls fail only at their timeout ({poll_timeout} ms: the interval, at \
+         least 0.5 s), so 3 failures in a row take {}–{} ms. A stalled head must be older than \
+         the 3 s unsafe interval, which with whole-second block timestamps is 3–4 s after the \
+         stall, plus 3 failed polls. On SIGTERM the leader stops its node and resigns at once. \
+         The handover itself (stop the old node, check the head, start) takes a few ms in every \
+         kind.\n",
+        2 * iv,
+        3 * iv,
+        poll_timeout + 2 * iv,
+        poll_timeout + 3 * iv,
+    ));
     let mut b = Bench::start_mode(3, true, "info,op_sidecar=debug", conductor).await;
     let began = Instant::now();
     let mut results: Vec<Run> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     'outer: for run in 0..runs {
-        for fault in Fault::ALL {
+        for fault in selected_faults() {
             match failover_run(&mut b, fault, run).await {
                 Ok(x) => {
                     eprintln!(
@@ -1743,7 +1791,7 @@ async fn failover_bench(conductor: bool) {
     for x in &results {
         by.entry(x.fault).or_default().push(x);
     }
-    for fault in Fault::ALL {
+    for fault in selected_faults() {
         let xs = by.get(&fault).cloned().unwrap_or_default();
         let first = Stats::of(&xs.iter().map(|x| x.first_ms).collect::<Vec<_>>());
         let started = Stats::of(&xs.iter().filter_map(|x| x.started_ms).collect::<Vec<_>>());
@@ -1759,10 +1807,10 @@ async fn failover_bench(conductor: bool) {
             opt_ms(started, |s| s.max),
         ));
     }
-    r.line("\nBreakdown, p50 / max in ms from the fault; *gap* = time between the new leader's first block and the block before it (how long the chain stood still); *old-node blocks* = blocks the old leader's node still published after the fault (it keeps sequencing until the new leader stops it); *old sidecar stepped down* = the first `stepping down` line in the old leader's sidecar log after the fault (after a SIGSTOP that is once it is resumed); *after the new key* = runs in which that came after the new leader's key appeared in etcd, i.e. the old sidecar still acted as leader (its node sequencing) after etcd had given leadership to another, and by how much (such overlap is harmless only as long as the new leader can reach and stop the old node, which it tries first):\n");
-    r.line("| fault | key | started | first block | gap | old-node blocks (max) | old sidecar stepped down (its log) | ... after the new key (runs, max ms) |");
-    r.line("|---|---|---|---|---|---|---|---|");
-    for fault in Fault::ALL {
+    r.line("\nBreakdown, p50 / max in ms from the fault; *gap* = time between the new leader's first block and the block before it (how long the chain stood still); *old-node blocks* = blocks the old leader's node still published after the fault (it keeps sequencing until the new leader stops it); *old sidecar stepped down* = the first `stepping down` line in the old leader's sidecar log after the fault (after a SIGSTOP that is once it is resumed); *verdict* = health-detected faults only: the old leader's sidecar logged its `node unhealthy` verdict, and *to step-down* = from that verdict to its `stepping down` line (how long the control loop took to act on it); *after the new key* = runs in which that came after the new leader's key appeared in etcd, i.e. the old sidecar still acted as leader (its node sequencing) after etcd had given leadership to another, and by how much (such overlap is harmless only as long as the new leader can reach and stop the old node, which it tries first):\n");
+    r.line("| fault | key | started | first block | gap | old-node blocks (max) | old sidecar stepped down (its log) | verdict | to step-down | ... after the new key (runs, max ms) |");
+    r.line("|---|---|---|---|---|---|---|---|---|---|");
+    for fault in selected_faults() {
         let xs = by.get(&fault).cloned().unwrap_or_default();
         let pm = |v: Vec<f64>| {
             Stats::of(&v).map_or_else(|| "-".into(), |s| format!("{} / {}", ms(s.p50), ms(s.max)))
@@ -1772,8 +1820,12 @@ async fn failover_bench(conductor: bool) {
             .filter_map(|x| Some(x.stepped_ms? - x.key_ms?))
             .filter(|d| *d > 0.0)
             .collect();
+        let react: Vec<f64> = xs
+            .iter()
+            .filter_map(|x| Some(x.stepped_ms? - x.verdict_ms?))
+            .collect();
         r.line(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fault.label(),
             pm(xs.iter().filter_map(|x| x.key_ms).collect()),
             pm(xs.iter().filter_map(|x| x.started_ms).collect()),
@@ -1785,6 +1837,8 @@ async fn failover_bench(conductor: bool) {
             } else {
                 pm(xs.iter().filter_map(|x| x.stepped_ms).collect())
             },
+            pm(xs.iter().filter_map(|x| x.verdict_ms).collect()),
+            pm(react),
             if fault == Fault::SidecarKill {
                 "-".to_string()
             } else {
@@ -1836,11 +1890,11 @@ async fn failover_bench(conductor: bool) {
     let dir = out_path()
         .parent()
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let mut csv = String::from("fault,run,old,new,t0_unix_ms,key_ms,started_ms,first_block_ms,gap_ms,old_node_blocks,old_stepped_down_ms,clean\n");
+    let mut csv = String::from("fault,run,old,new,t0_unix_ms,key_ms,started_ms,first_block_ms,gap_ms,old_node_blocks,old_stepped_down_ms,verdict_ms,clean\n");
     for x in &results {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             x.fault.key(),
             x.run,
             id(x.old),
@@ -1852,6 +1906,7 @@ async fn failover_bench(conductor: bool) {
             x.gap_ms,
             x.orphans,
             x.stepped_ms.map_or(String::new(), |v| v.to_string()),
+            x.verdict_ms.map_or(String::new(), |v| v.to_string()),
             x.clean
         );
     }

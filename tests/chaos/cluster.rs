@@ -171,6 +171,10 @@ impl Chaos {
             if let Some(p) = port {
                 b = b.rpc_port(*p);
             }
+            // Another health interval than the fixtures' 250ms, e.g. the 100ms of the benchmark.
+            if let Ok(iv) = std::env::var("CHAOS_HC_INTERVAL") {
+                b = b.flag("--healthcheck.interval", &iv);
+            }
             let sc = b.start().await;
             if let Some(p) = port {
                 // The reserved port was taken meanwhile: point the node at where it runs.

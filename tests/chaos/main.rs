@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Knobs: `CHAOS_SEED` (decimal or 0x-hex; replays that schedule), `CHAOS_FAULTS` (faults per
-//! mode), `CHAOS_MODE` (`driven`, `conductor` or `both`). See `tests/README.md`.
+//! mode), `CHAOS_MODE` (`driven`, `conductor` or `both`), `CHAOS_HC_INTERVAL` (the sidecars'
+//! `--healthcheck.interval`, 250ms unless set). See `tests/README.md`.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../common/mod.rs"]
@@ -131,8 +132,11 @@ fn mode_selected(mode: Mode) -> bool {
 }
 
 fn replay_command(mode: Mode, seed: u64, faults: usize) -> String {
+    let interval = std::env::var("CHAOS_HC_INTERVAL")
+        .map(|iv| format!("CHAOS_HC_INTERVAL={iv} "))
+        .unwrap_or_default();
     format!(
-        "CHAOS_SEED={seed:#x} CHAOS_FAULTS={faults} CHAOS_MODE={} cargo test --release --test chaos chaos_full -- --ignored --nocapture",
+        "{interval}CHAOS_SEED={seed:#x} CHAOS_FAULTS={faults} CHAOS_MODE={} cargo test --release --test chaos chaos_full -- --ignored --nocapture",
         mode.name()
     )
 }
