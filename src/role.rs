@@ -304,20 +304,27 @@ pub fn decide_follower(i: &FollowerInputs) -> FollowerAction {
         return Wait("node not eligible");
     }
     // A candidate whose node lacks the recorded head would only wait out the catch-up bound
-    // and give way; while another eligible member already has it, that member goes first.
-    // Bounded, so a member whose record looks ready but never contends cannot hold us off.
+    // and give way; while another eligible member is readier, that member goes first: one that
+    // has the head, or one a single block behind it (conductor mode repairs that gap at once
+    // from the stored payload; the fault campaign found two members 7 blocks behind winning
+    // the lease in turn, 10 s each, while the member one block behind waited). Bounded, so a
+    // member whose record looks ready but never contends cannot hold us off.
     if !named && since < i.timing.catch_up_priority() {
         if let Some(recorded) = v.recorded_head() {
-            let mine = i.health.head.as_ref().map_or(0, |h| h.number);
-            let ahead = v.members.values().any(|m| {
+            let lag = |n: u64| recorded.number.saturating_sub(n);
+            let mine = lag(i.health.head.as_ref().map_or(0, |h| h.number));
+            let readier = v.members.values().any(|m| {
                 m.id != i.me
                     && !m.paused
                     && (m.healthy || m.only_stale)
                     && v.may_lead(&m.id)
-                    && m.head.as_ref().is_some_and(|h| h.number >= recorded.number)
+                    && m.head.as_ref().is_some_and(|h| {
+                        let theirs = lag(h.number);
+                        theirs <= 1 && theirs < mine
+                    })
             });
-            if mine < recorded.number && ahead {
-                return Wait("behind the recorded head while a caught-up member can lead");
+            if readier {
+                return Wait("behind the recorded head while a readier member can lead");
             }
         }
     }
@@ -783,7 +790,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_lagging_candidate_lets_a_caught_up_member_go_first() {
+    async fn a_lagging_candidate_lets_a_readier_member_go_first() {
         let t0 = Instant::now();
         let mut v = leaderless("other");
         v.election_stopped = false;
@@ -805,6 +812,27 @@ mod tests {
         v.members.get_mut("b").expect("b").head = Some(block(8));
         assert_eq!(
             decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        // One block behind (repairable from the stored payload) goes before further behind,
+        // but not before caught up, and ties contend.
+        v.members.get_mut("b").expect("b").head = Some(block(9));
+        assert!(matches!(
+            decide_follower(&i_with(&h, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        let h8 = stale(8);
+        assert!(matches!(
+            decide_follower(&i_with(&h8, &v, t0, Instant::now())),
+            FollowerAction::Wait(_)
+        ));
+        let h9 = stale(9);
+        assert_eq!(
+            decide_follower(&i_with(&h9, &v, t0, Instant::now())),
+            FollowerAction::Contend
+        );
+        assert_eq!(
+            decide_follower(&i_with(&h10, &v, t0, Instant::now())),
             FollowerAction::Contend
         );
         // Bounded: after the priority window we contend even behind a ready member.
