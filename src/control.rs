@@ -163,8 +163,16 @@ impl Controller {
             match self.term.clone() {
                 Some(term) => {
                     // The step decides; stepping down runs outside the race, so the lease
-                    // deadline can never cut a step-down short.
-                    let end = match term.run(self.lead_step(&term)).await {
+                    // deadline can never cut a step-down short. A shutdown cuts the step short
+                    // too (as a lapse would): a step waiting on an unreachable etcd must not
+                    // hold the node's stop back until the lease runs out.
+                    let cancel = self.cancel.clone();
+                    let step = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        step = term.run(self.lead_step(&term)) => step,
+                    };
+                    let end = match step {
                         Ok(end) => end,
                         // How late the lapse was noticed tells an operator whether the
                         // loop itself was slow (it should be a few ms).
@@ -534,15 +542,8 @@ impl Controller {
             // operator or a later resume starts it. The gate is up so that an operator's
             // admin_startSequencer on our node passes op-node's leader check and its commits
             // are accepted (fenced).
-            if let Ok(Ok(conductor)) = term.run(self.s.node.conductor_enabled()).await {
-                self.mode = if conductor {
-                    Mode::Conductor
-                } else {
-                    Mode::Driven
-                };
-                let mode = self.mode;
-                self.publish(|s| s.mode = mode);
-            }
+            // Unreachable node: the mode stays as it was; the restart on resume asks again.
+            let _ = term.run(self.detect_mode()).await;
             tracing::info!(
                 epoch = l.epoch,
                 "leading while paused: the sequencer is left as it is"

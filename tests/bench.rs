@@ -1735,7 +1735,8 @@ async fn failover_bench(conductor: bool) {
     );
 
     let iv = hc_interval_ms();
-    let poll_timeout = iv.clamp(500, 2000);
+    let poll_timeout =
+        op_sidecar::health::poll_timeout(Duration::from_millis(iv)).as_millis() as u64;
     r.line(&format!(
         "What bounds each kind, by design, with these settings: SIGKILL, SIGSTOP and the etcd \
          cut need the old leader's lease to expire in etcd: TTL 2 s after its last keepalive \

@@ -1289,27 +1289,19 @@ async fn a_node_restarted_with_another_conductor_setting_is_led_in_that_mode() {
     let url = f.sidecar(0).url();
     assert_eq!(mode_of(&url).await, "driven");
 
-    f.node(0).crash();
-    f.node(0).set_conductor(Some(url.clone()));
-    f.node(0).restart().await.unwrap();
-    wait_until(
-        SETTLE,
-        "the leader to restart its node in conductor mode",
-        || async { f.node(0).is_active() && mode_of(&url).await == "conductor" },
-    )
-    .await;
-    // Its blocks now go through the fence (op-node publishes none the sidecar refused).
-    f.assert_chain_progresses().await;
-
-    f.node(0).crash();
-    f.node(0).set_conductor(None);
-    f.node(0).restart().await.unwrap();
-    wait_until(
-        SETTLE,
-        "the leader to restart its node in driven mode",
-        || async { f.node(0).is_active() && mode_of(&url).await == "driven" },
-    )
-    .await;
-    f.assert_chain_progresses().await;
+    for (conductor, mode) in [(Some(url.clone()), "conductor"), (None, "driven")] {
+        f.node(0).crash();
+        f.node(0).set_conductor(conductor);
+        f.node(0).restart().await.unwrap();
+        wait_until(
+            SETTLE,
+            &format!("the leader to restart its node in {mode} mode"),
+            || async { f.node(0).is_active() && mode_of(&url).await == mode },
+        )
+        .await;
+        // In conductor mode its blocks now go through the fence (op-node publishes none the
+        // sidecar refused).
+        f.assert_chain_progresses().await;
+    }
     f.assert_invariants();
 }
