@@ -159,7 +159,7 @@ impl Metrics {
         let etcd_compacted_revision = Gauge::default();
         registry.register(
             "commit_stage_seconds",
-            "conductor_commitUnsafePayload time by stage: receive, decode, etcd, total",
+            "conductor_commitUnsafePayload time by stage: receive (the body), decode (from its last byte: JSON checks, scan, packing), etcd (the rest of the chunk writes and the head Txn), total",
             commit_stage_seconds.clone(),
         );
         registry.register(

@@ -211,10 +211,9 @@ pub async fn call(
             // Borrowed from the request body and scanned for its three block fields only: a
             // 10 MiB block is neither parsed nor copied here (the server already checked it is
             // JSON).
-            let started = Instant::now();
             let envelope = crate::commit::scan_param(p.map_or("[]", RawValue::get))
                 .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
-            commit_unsafe_payload(s, &envelope, started, ctx.received).await
+            commit_unsafe_payload(s, &envelope, ctx.received).await
         }
         "conductor_overrideLeader" => {
             let (on,): (bool,) = params(p)?;
@@ -503,10 +502,10 @@ async fn set_paused(s: &Shared, paused: bool) -> Result<(), RpcError> {
 async fn commit_unsafe_payload(
     s: &Shared,
     envelope: &Envelope<'_>,
-    started: Instant,
     (arrived, receive): (Instant, Duration),
 ) -> Result<Box<RawValue>, RpcError> {
-    let scanned = started.elapsed();
+    // From the body's last byte: the request's UTF-8 and JSON checks, the permit, the scan.
+    let scanned = (arrived + receive).elapsed();
     let Some(l) = s.leader_now() else {
         if s.leader_override.load(Ordering::SeqCst) {
             tracing::warn!("leader overridden: accepting a block without fencing");
