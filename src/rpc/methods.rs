@@ -505,7 +505,7 @@ async fn commit_unsafe_payload(
     (arrived, receive): (Instant, Duration),
 ) -> Result<Box<RawValue>, RpcError> {
     // From the body's last byte: the request's UTF-8 and JSON checks, the permit, the scan.
-    let scanned = (arrived + receive).elapsed();
+    let checked = (arrived + receive).elapsed();
     let Some(l) = s.leader_now() else {
         if s.leader_override.load(Ordering::SeqCst) {
             tracing::warn!("leader overridden: accepting a block without fencing");
@@ -522,7 +522,7 @@ async fn commit_unsafe_payload(
         Ok(c) => {
             s.metrics.action("commit", "ok");
             // From the first byte of the request to now.
-            let (decode, total) = (scanned + c.pack, arrived.elapsed());
+            let (decode, total) = (checked + c.pack, arrived.elapsed());
             if c.new {
                 let m = &s.metrics;
                 m.commit_stage("receive", receive);
